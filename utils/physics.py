@@ -1,0 +1,221 @@
+"""MRI physics: the one place with FFTs and coil operations.
+
+Imports only torch. Conventions:
+
+* k-space and coil images are complex tensors (``torch.complex64``/``complex128``) shaped
+  ``(..., coils, H, W)``; H is the readout (row) axis, W the phase-encoding (column) axis.
+* ``fft2c``/``ifft2c`` are centred (DC at ``(H//2, W//2)``) and orthonormal (``norm="ortho"``),
+  so they preserve the L2 norm and are each other's adjoint.
+* A sampling mask is a real or boolean tensor broadcastable to the k-space, usually ``(W,)`` or
+  ``(B, 1, 1, W)``; non-zero means "line sampled".
+* Coil sensitivities ``sens`` are complex ``(..., coils, H, W)``; images ``(..., 1, H, W)`` or
+  ``(..., H, W)`` are expanded over coils by broadcasting.
+"""
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+import torch
+from torch import nn
+
+__all__ = [
+    "fft2c",
+    "ifft2c",
+    "rss",
+    "complex_abs",
+    "sens_expand",
+    "sens_reduce",
+    "SenseOperator",
+    "hard_data_consistency",
+    "soft_data_consistency",
+    "noise_weighted_data_consistency",
+    "SoftDataConsistency",
+    "acs_bounds",
+    "acs_mask",
+    "center_crop",
+    "center_pad",
+    "center_crop_or_pad",
+    "as_mask",
+]
+
+_IMAGE_DIMS = (-2, -1)
+
+
+def _check_complex(x: torch.Tensor, name: str) -> None:
+    if not torch.is_complex(x):
+        raise TypeError(f"{name} must be a complex tensor, got dtype {x.dtype}")
+
+
+def fft2c(x: torch.Tensor, dim: Tuple[int, int] = _IMAGE_DIMS) -> torch.Tensor:
+    """Centred orthonormal 2-D FFT over ``dim`` (image -> k-space). Complex in, complex out."""
+    _check_complex(x, "x")
+    x = torch.fft.ifftshift(x, dim=dim)
+    x = torch.fft.fft2(x, dim=dim, norm="ortho")
+    return torch.fft.fftshift(x, dim=dim)
+
+
+def ifft2c(k: torch.Tensor, dim: Tuple[int, int] = _IMAGE_DIMS) -> torch.Tensor:
+    """Centred orthonormal 2-D inverse FFT over ``dim`` (k-space -> image)."""
+    _check_complex(k, "k")
+    k = torch.fft.ifftshift(k, dim=dim)
+    k = torch.fft.ifft2(k, dim=dim, norm="ortho")
+    return torch.fft.fftshift(k, dim=dim)
+
+
+def complex_abs(x: torch.Tensor) -> torch.Tensor:
+    """Magnitude of a complex tensor (real tensors: absolute value)."""
+    return x.abs()
+
+
+def rss(x: torch.Tensor, dim: int = -3) -> torch.Tensor:
+    """Root-sum-of-squares over the coil axis ``dim``: ``sqrt(sum |x|^2)``; real output."""
+    if torch.is_complex(x):
+        power = x.real.square() + x.imag.square()
+    else:
+        power = x.square()
+    return power.sum(dim=dim).sqrt()
+
+
+def sens_expand(image: torch.Tensor, sens: torch.Tensor) -> torch.Tensor:
+    """Image ``(..., 1, H, W)`` and maps ``(..., C, H, W)`` -> coil k-space ``fft2c(sens * image)``."""
+    return fft2c(sens * image)
+
+
+def sens_reduce(kspace: torch.Tensor, sens: torch.Tensor) -> torch.Tensor:
+    """Coil k-space ``(..., C, H, W)`` -> combined image ``(..., 1, H, W)``: ``sum_c conj(S_c) F^H k_c``."""
+    return (sens.conj() * ifft2c(kspace)).sum(dim=-3, keepdim=True)
+
+
+def as_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A mask as a boolean tensor broadcastable to ``like`` (a ``(W,)`` mask becomes ``(1, W)``)."""
+    mask = mask.to(device=like.device)
+    if mask.dtype != torch.bool:
+        mask = mask != 0
+    if mask.dim() == 1:
+        mask = mask.view(1, -1)
+    return mask
+
+
+class SenseOperator:
+    """Multi-coil SENSE operator ``A = M F S`` with adjoint ``A^H = S^H F^H M``.
+
+    ``sens``: complex ``(..., C, H, W)``; ``mask``: broadcastable to the k-space. ``forward`` takes an
+    image ``(..., 1, H, W)`` and returns masked coil k-space ``(..., C, H, W)``; ``adjoint`` the reverse.
+    The operator holds no learnable or mutable state.
+    """
+
+    def __init__(self, sens: torch.Tensor, mask: torch.Tensor):
+        _check_complex(sens, "sens")
+        self.sens = sens
+        self.mask = as_mask(mask, sens)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return sens_expand(image, self.sens) * self.mask
+
+    __call__ = forward
+
+    def adjoint(self, kspace: torch.Tensor) -> torch.Tensor:
+        return sens_reduce(kspace * self.mask, self.sens)
+
+    def normal(self, image: torch.Tensor) -> torch.Tensor:
+        """``A^H A x``."""
+        return self.adjoint(self.forward(image))
+
+
+def hard_data_consistency(k_pred: torch.Tensor, k_measured: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Replace predicted k-space by the measured values on sampled lines."""
+    return torch.where(as_mask(mask, k_pred), k_measured, k_pred)
+
+
+def soft_data_consistency(
+    k_pred: torch.Tensor, k_measured: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | float
+) -> torch.Tensor:
+    """Gradient step on ``||M(k - y)||^2``: ``k - weight * M (k - y)`` (VarNet's soft DC)."""
+    m = as_mask(mask, k_pred)
+    return k_pred - weight * torch.where(m, k_pred - k_measured, torch.zeros_like(k_pred))
+
+
+def noise_weighted_data_consistency(
+    k_pred: torch.Tensor, k_measured: torch.Tensor, mask: torch.Tensor, eta: torch.Tensor | float
+) -> torch.Tensor:
+    """Noise-weighted DC: on sampled lines ``(k_pred + eta * k) / (1 + eta)``, elsewhere ``k_pred``.
+
+    ``eta -> inf`` is hard replacement, ``eta = 0`` ignores the measurement.
+    """
+    m = as_mask(mask, k_pred)
+    return torch.where(m, (k_pred + eta * k_measured) / (1 + eta), k_pred)
+
+
+class SoftDataConsistency(nn.Module):
+    """Soft data consistency with one learnable scalar weight (initialised to ``init``)."""
+
+    def __init__(self, init: float = 1.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.tensor(float(init)))
+
+    def forward(self, k_pred: torch.Tensor, k_measured: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return soft_data_consistency(k_pred, k_measured, mask, self.weight)
+
+
+def acs_bounds(mask: torch.Tensor) -> Tuple[int, int]:
+    """Half-open column range ``[left, right)`` of the contiguous sampled block around the centre.
+
+    ``mask``: ``(W,)`` (or any shape whose last axis is W and whose other entries agree). The centre
+    column is ``W // 2``; raises ``ValueError`` if it is not sampled.
+    """
+    line = (mask.reshape(-1, mask.shape[-1])[0] != 0).to(torch.int8).cpu()
+    width = line.numel()
+    centre = width // 2
+    if line[centre] == 0:
+        raise ValueError("mask has no sampled centre line, so it has no ACS region")
+    unsampled = (line == 0).nonzero().flatten()
+    left_gaps = unsampled[unsampled < centre]
+    right_gaps = unsampled[unsampled > centre]
+    left = int(left_gaps.max()) + 1 if left_gaps.numel() else 0
+    right = int(right_gaps.min()) if right_gaps.numel() else width
+    return left, right
+
+
+def acs_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Boolean ``(W,)`` mask holding only the ACS (contiguous centre) lines of ``mask``."""
+    left, right = acs_bounds(mask)
+    out = torch.zeros(mask.shape[-1], dtype=torch.bool, device=mask.device)
+    out[left:right] = True
+    return out
+
+
+def _crop_slices(size: int, target: int) -> slice:
+    start = (size - target) // 2
+    return slice(start, start + target)
+
+
+def center_crop(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Centre-crop the last two axes to ``shape = (h, w)`` (each at most the current size)."""
+    h, w = int(shape[0]), int(shape[1])
+    H, W = x.shape[-2], x.shape[-1]
+    if h > H or w > W:
+        raise ValueError(f"cannot crop {(H, W)} to larger {(h, w)}")
+    return x[..., _crop_slices(H, h), _crop_slices(W, w)]
+
+
+def center_pad(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Zero-pad the last two axes symmetrically to ``shape = (h, w)`` (inverse of ``center_crop``)."""
+    h, w = int(shape[0]), int(shape[1])
+    H, W = x.shape[-2], x.shape[-1]
+    if h < H or w < W:
+        raise ValueError(f"cannot pad {(H, W)} to smaller {(h, w)}")
+    top, left = (h - H) // 2, (w - W) // 2
+    pad = (left, w - W - left, top, h - H - top)
+    if torch.is_complex(x):
+        return torch.view_as_complex(
+            torch.nn.functional.pad(torch.view_as_real(x).movedim(-1, 0), pad).movedim(0, -1).contiguous()
+        )
+    return torch.nn.functional.pad(x, pad)
+
+
+def center_crop_or_pad(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Crop or zero-pad each of the last two axes independently to ``shape``."""
+    h, w = int(shape[0]), int(shape[1])
+    H, W = x.shape[-2], x.shape[-1]
+    x = center_crop(x, (min(h, H), min(w, W)))
+    return center_pad(x, (h, w))
