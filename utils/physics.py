@@ -151,7 +151,8 @@ class SoftDataConsistency(nn.Module):
 
     def __init__(self, init: float = 1.0):
         super().__init__()
-        self.weight = nn.Parameter(torch.tensor(float(init)))
+        # shape (1,), not a 0-dim scalar: DeepSpeed cannot broadcast 0-dim parameters
+        self.weight = nn.Parameter(torch.full((1,), float(init)))
 
     def forward(self, k_pred: torch.Tensor, k_measured: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return soft_data_consistency(k_pred, k_measured, mask, self.weight)

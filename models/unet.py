@@ -1,0 +1,208 @@
+"""Plain U-Net, normalised complex U-Net and a coil-sensitivity estimator.
+
+Building blocks shared by unrolled reconstruction models (E2E-VarNet, HiFi-Mamba, ...):
+
+* :class:`Unet` -- real-valued U-Net (Ronneberger et al. 2015) in the fastMRI layout:
+  ``num_pools`` levels of two 3x3 conv + InstanceNorm + LeakyReLU(0.2), average-pool down,
+  2x2 transposed-conv up, skip concatenation, final 1x1 conv.
+* :class:`NormUnet` -- complex wrapper: complex channels -> real/imag channels, group
+  normalisation (one mean/std for the real parts, one for the imaginary parts), zero padding to a
+  multiple of ``2**num_pools``, U-Net, undo all of it.
+* :class:`SensitivityNet` -- coil sensitivity maps from the ACS lines of the k-space: a NormUnet
+  applied to every coil image separately, maps normalised by their RSS over coils.
+* :func:`batch_acs_mask` -- per-batch-element ACS column mask from a sampling mask.
+
+All FFT and coil operations come from :mod:`utils.physics`.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from utils import physics
+
+__all__ = ["ConvBlock", "UpBlock", "Unet", "NormUnet", "SensitivityNet", "batch_acs_mask"]
+
+# Added to the variance before the square root: keeps all-zero inputs finite (value and gradient)
+# while being negligible against MRI data (k-space/image std >= 1e-8 in every dataset we know).
+_VAR_EPS = 1e-20
+
+
+class ConvBlock(nn.Sequential):
+    """Two ``[3x3 conv (no bias) -> InstanceNorm -> LeakyReLU(0.2) -> Dropout2d]`` layers.
+
+    ``(N, in_chans, H, W) -> (N, out_chans, H, W)``.
+    """
+
+    def __init__(self, in_chans: int, out_chans: int, drop_prob: float = 0.0):
+        layers = []
+        for c_in in (in_chans, out_chans):
+            layers += [
+                nn.Conv2d(c_in, out_chans, kernel_size=3, padding=1, bias=False),
+                nn.InstanceNorm2d(out_chans),
+                nn.LeakyReLU(0.2),
+                nn.Dropout2d(drop_prob),
+            ]
+        super().__init__(*layers)
+
+
+class UpBlock(nn.Sequential):
+    """``2x2 stride-2 transposed conv (no bias) -> InstanceNorm -> LeakyReLU(0.2)``: doubles H, W."""
+
+    def __init__(self, in_chans: int, out_chans: int):
+        super().__init__(
+            nn.ConvTranspose2d(in_chans, out_chans, kernel_size=2, stride=2, bias=False),
+            nn.InstanceNorm2d(out_chans),
+            nn.LeakyReLU(0.2),
+        )
+
+
+def _match_size(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Replicate-pad ``x`` on the bottom/right so its last two axes match ``like`` (odd sizes)."""
+    dh = like.shape[-2] - x.shape[-2]
+    dw = like.shape[-1] - x.shape[-1]
+    if dh == 0 and dw == 0:
+        return x
+    return F.pad(x, (0, dw, 0, dh), mode="replicate")
+
+
+class Unet(nn.Module):
+    """Real U-Net ``(N, in_chans, H, W) -> (N, out_chans, H, W)``; needs H, W >= 2**num_pools.
+
+    ``chans`` channels at the top level, doubled at each of the ``num_pools`` levels below it.
+    """
+
+    def __init__(self, in_chans: int, out_chans: int, chans: int = 32, num_pools: int = 4, drop_prob: float = 0.0):
+        super().__init__()
+        if min(in_chans, out_chans, chans, num_pools) < 1:
+            raise ValueError(
+                f"Unet: in_chans, out_chans, chans, num_pools must be >= 1, got "
+                f"{(in_chans, out_chans, chans, num_pools)}"
+            )
+        widths = [chans * 2**level for level in range(num_pools)]  # encoder widths, top first
+        self.encoder = nn.ModuleList(
+            ConvBlock(c_in, c_out, drop_prob) for c_in, c_out in zip([in_chans] + widths[:-1], widths)
+        )
+        self.bottleneck = ConvBlock(widths[-1], 2 * widths[-1], drop_prob)
+        self.up = nn.ModuleList(UpBlock(2 * w, w) for w in reversed(widths))
+        self.decoder = nn.ModuleList(ConvBlock(2 * w, w, drop_prob) for w in reversed(widths))
+        self.head = nn.Conv2d(widths[0], out_chans, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for block in self.encoder:
+            x = block(x)
+            skips.append(x)
+            x = F.avg_pool2d(x, kernel_size=2, stride=2)
+        x = self.bottleneck(x)
+        for up, block in zip(self.up, self.decoder):
+            skip = skips.pop()
+            x = _match_size(up(x), skip)
+            x = block(torch.cat([x, skip], dim=1))
+        return self.head(x)
+
+
+def _pad_amounts(size: int, multiple: int) -> Tuple[int, int]:
+    """(before, after) zero padding to a multiple of ``multiple`` that is at least ``2 * multiple``
+    (so the U-Net bottleneck is never a single pixel, which InstanceNorm rejects in training)."""
+    total = max(-size % multiple, 2 * multiple - size)
+    return total // 2, total - total // 2
+
+
+class NormUnet(nn.Module):
+    """Normalised U-Net on complex images: ``(N, in_complex, H, W) -> (N, out_complex, H, W)``.
+
+    The real parts (all channels together) and the imaginary parts are each normalised to zero
+    mean and unit standard deviation per sample; the U-Net output is mapped back with the same
+    statistics, so the module is equivariant to positive scaling of its input. The image is
+    zero-padded (centred) to a multiple of ``2**num_pools`` (at least ``2**(num_pools+1)``) on both
+    axes, so any H, W >= 1 work.
+    """
+
+    def __init__(self, chans: int, num_pools: int, in_complex: int = 1, out_complex: int = 1, drop_prob: float = 0.0):
+        super().__init__()
+        self.in_complex = in_complex
+        self.out_complex = out_complex
+        self.multiple = 2**num_pools
+        self.unet = Unet(2 * in_complex, 2 * out_complex, chans, num_pools, drop_prob)
+
+    @staticmethod
+    def _stats(parts: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std over (channels, H, W) of ``parts`` ``(N, 2, C, H, W)`` -> each ``(N, 2, 1, 1, 1)``."""
+        flat = parts.flatten(2)
+        mean = flat.mean(dim=2)
+        var = flat.var(dim=2) if flat.shape[2] > 1 else torch.zeros_like(mean)
+        std = (var + _VAR_EPS).sqrt()
+        return mean[..., None, None, None], std[..., None, None, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_complex(x) or x.dim() != 4 or x.shape[1] != self.in_complex:
+            raise ValueError(
+                f"NormUnet: expected complex (N, {self.in_complex}, H, W), got {tuple(x.shape)} {x.dtype}"
+            )
+        n, _, h, w = x.shape
+        parts = torch.stack([x.real, x.imag], dim=1)  # (N, 2, C, H, W)
+        mean, std = self._stats(parts)
+        parts = (parts - mean) / std
+        (top, bottom), (left, right) = _pad_amounts(h, self.multiple), _pad_amounts(w, self.multiple)
+        y = F.pad(parts.reshape(n, 2 * self.in_complex, h, w), (left, right, top, bottom))
+        y = self.unet(y)[..., top : top + h, left : left + w]
+        y = y.reshape(n, 2, self.out_complex, h, w) * std + mean
+        return torch.complex(y[:, 0], y[:, 1])
+
+
+class SensitivityNet(nn.Module):
+    """Coil sensitivity maps from the ACS region of the k-space (E2E-VarNet style).
+
+    ``forward(kspace, acs)``: ``kspace`` complex ``(..., C, H, W)``; ``acs`` boolean column mask
+    broadcastable to it (e.g. ``(B, 1, 1, 1, W)``). The ACS-only k-space of every coil is taken to
+    image space, refined by one shared :class:`NormUnet` per coil image, and divided by the RSS
+    over coils, so ``rss(maps) == 1`` everywhere. Returns complex maps shaped like ``kspace``.
+    """
+
+    def __init__(self, chans: int, num_pools: int, drop_prob: float = 0.0):
+        super().__init__()
+        self.norm_unet = NormUnet(chans, num_pools, in_complex=1, out_complex=1, drop_prob=drop_prob)
+
+    def forward(self, kspace: torch.Tensor, acs: torch.Tensor) -> torch.Tensor:
+        low = torch.where(acs, kspace, torch.zeros((), dtype=kspace.dtype, device=kspace.device))
+        images = physics.ifft2c(low)
+        maps = self.norm_unet(images.reshape(-1, 1, *images.shape[-2:])).reshape(images.shape)
+        norm = physics.rss(maps, dim=-3).unsqueeze(-3)
+        return maps / norm.clamp_min(torch.finfo(norm.dtype).tiny)
+
+
+def _element_acs(line: torch.Tensor, index: int) -> torch.Tensor:
+    """``physics.acs_mask`` of one ``(W,)`` mask, errors naming the batch element."""
+    try:
+        return physics.acs_mask(line)
+    except ValueError as err:
+        raise ValueError(f"batch_acs_mask: batch element {index}: {err}") from None
+
+
+def batch_acs_mask(mask: torch.Tensor, num_low_frequencies=None) -> torch.Tensor:
+    """ACS column mask ``(B, W)`` bool for a sampling mask ``(B, W)`` (``(W,)`` counts as B = 1).
+
+    ``num_low_frequencies`` (int or ``(B,)`` tensor, > 0): the ACS is that many centred columns,
+    ``[(W - n + 1) // 2, (W - n + 1) // 2 + n)`` (fastMRI's convention). ``None``: derived from
+    each element's mask with :func:`utils.physics.acs_mask` (the contiguous block around ``W // 2``).
+    """
+    if mask.dim() == 1:
+        mask = mask.unsqueeze(0)
+    if mask.dim() != 2:
+        raise ValueError(f"batch_acs_mask: mask must be (B, W) or (W,), got shape {tuple(mask.shape)}")
+    batch, width = mask.shape
+    if num_low_frequencies is None:
+        return torch.stack([_element_acs(mask[b], b) for b in range(batch)])
+    n = torch.as_tensor(num_low_frequencies, device=mask.device).long().reshape(-1)
+    if n.numel() not in (1, batch):
+        raise ValueError(f"batch_acs_mask: num_low_frequencies has {n.numel()} entries for a batch of {batch}")
+    n = n.expand(batch)
+    if bool((n < 1).any()) or bool((n > width).any()):
+        raise ValueError(f"batch_acs_mask: num_low_frequencies must be in [1, {width}], got {n.tolist()}")
+    start = ((width - n + 1) // 2)[:, None]
+    cols = torch.arange(width, device=mask.device)[None, :]
+    return (cols >= start) & (cols < start + n[:, None])

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The challenge's staged recipe, shared by the 13 train_*.sh wrappers.
+#   usage: bash scripts/train_recipe.sh {brain|knee} {4|8} {1|2|3} [extra train.py flags...]
+#          bash scripts/train_recipe.sh cnn                       [extra train.py flags...]
+# Environment: DATA_ROOT (default ../Data), RESULT_ROOT (default ../result), PRESET (challenge | demo |
+# tiny: model preset and epoch budget), MODEL (default promptmr), NUM_WORKERS (default 4),
+# NUM_GPUS (>1: run under the deepspeed launcher), SEED (default 430).
+#
+# Step 1: epochs 1-15, lr 3e-4, cosine planned over 20 epochs, warm-up 1, fixed masks, no augmentation.
+# Step 2: from step 1's last epoch, lr 2e-4, cosine planned over 35, stop at 30, MRAugment (fliph,
+#         translation 5%, shearing 5 deg, scaling 10%, weight 0.5 each, delay 15, exp_decay 10).
+# Step 3: from step 2's last epoch, lr 1e-4 -> 0 at 45; brain adds flipv (delay 30, exp_decay 100);
+#         knee: no augmentation, random masks (random_spaced at acc 4, random_offset at acc 8).
+# demo/tiny shrink the epoch counts (E1/E2/E3 below) and keep the same shape of schedule.
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+# shellcheck source=requirements.sh
+source scripts/requirements.sh >/dev/null
+export WANDB_MODE="${WANDB_MODE:-offline}"
+DATA_ROOT="${DATA_ROOT:-$REPO/../Data}"
+RESULT_ROOT="${RESULT_ROOT:-$REPO/../result}"
+PRESET="${PRESET:-challenge}"
+MODEL="${MODEL:-promptmr}"
+NUM_WORKERS="${NUM_WORKERS:-4}"
+NUM_GPUS="${NUM_GPUS:-1}"
+SEED="${SEED:-430}"
+
+case "$PRESET" in
+    challenge) E1=15 P1=20 E2=30 P2=35 E3=45 WARM=1 CNN_EPOCHS=5 CNN_PRESET=default ;;
+    demo)      E1=3  P1=4  E2=6  P2=7  E3=9  WARM=1 CNN_EPOCHS=3 CNN_PRESET=default ;;
+    tiny)      E1=1  P1=2  E2=2  P2=3  E3=3  WARM=1 CNN_EPOCHS=1 CNN_PRESET=tiny ;;
+    *) echo "error: PRESET must be challenge, demo or tiny, got '$PRESET'" >&2; exit 2 ;;
+esac
+
+if [[ "$NUM_GPUS" -gt 1 ]]; then
+    launch=(deepspeed --num_gpus "$NUM_GPUS" train.py)
+else
+    launch=("$MRI_PYTHON" train.py)
+fi
+common=(--result_path "$RESULT_ROOT" --seed "$SEED" --num_workers "$NUM_WORKERS")
+
+if [[ "${1:-}" == "cnn" ]]; then
+    shift
+    exec "${launch[@]}" --net_name anatomy_cnn --step 1 --model anatomy_cnn --preset "$CNN_PRESET" \
+        --data_path_train "$DATA_ROOT/train" --num_epochs "$CNN_EPOCHS" --warmup_epochs 0 \
+        --max_lr 1e-3 --min_lr 0 --gradient_accumulation_steps 1 --gradient_clipping 1.0 "${common[@]}" "$@"
+fi
+
+[[ $# -ge 3 ]] || { echo "usage: $0 {brain|knee} {4|8} {1|2|3} [train.py flags...]" >&2; exit 2; }
+anatomy="$1" acc="$2" step="$3"; shift 3
+[[ "$anatomy" == brain || "$anatomy" == knee ]] || { echo "error: anatomy must be brain or knee" >&2; exit 2; }
+[[ "$acc" == 4 || "$acc" == 8 ]] || { echo "error: acceleration must be 4 or 8" >&2; exit 2; }
+net="${MODEL}_${anatomy}_acc${acc}"
+ckpt="$RESULT_ROOT/$net/checkpoints"
+run=("${launch[@]}" --net_name "$net" --model "$MODEL" --task "$anatomy" --acceleration "$acc"
+     --data_path_train "$DATA_ROOT/train" "${common[@]}")
+aug=(--aug_on --aug_strength 0.55 --aug_weight_fliph 0.5 --aug_weight_translation 0.5
+     --aug_max_translation_x 0.05 --aug_max_translation_y 0.05 --aug_weight_shearing 0.5
+     --aug_max_shearing_x 5 --aug_max_shearing_y 5 --aug_weight_scaling 0.5 --aug_max_scaling 0.1)
+
+case "$step" in
+    1) exec "${run[@]}" --step 1 --preset "$PRESET" --mask_type fixed --max_lr 3e-4 --min_lr 0 \
+           --warmup_epochs "$WARM" --num_epochs "$P1" --stop_epoch "$E1" "$@" ;;
+    2) exec "${run[@]}" --step 2 --restart_from_checkpoint "$ckpt/step1/epoch-$E1" --continue_lr_scheduler false \
+           --mask_type fixed --max_lr 2e-4 --min_lr 0 --warmup_epochs 0 --num_epochs "$P2" --stop_epoch "$E2" \
+           "${aug[@]}" --aug_delay "$E1" --aug_exp_decay 10 "$@" ;;
+    3) if [[ "$anatomy" == brain ]]; then
+           extra=("${aug[@]}" --aug_weight_flipv 0.5 --aug_delay "$E2" --aug_exp_decay 100 --mask_type fixed)
+       elif [[ "$acc" == 4 ]]; then
+           extra=(--mask_type random_spaced)
+       else
+           extra=(--mask_type random_offset)
+       fi
+       exec "${run[@]}" --step 3 --restart_from_checkpoint "$ckpt/step2/epoch-$E2" --continue_lr_scheduler false \
+           --max_lr 1e-4 --min_lr 0 --warmup_epochs 0 --num_epochs "$E3" --stop_epoch "$E3" "${extra[@]}" "$@" ;;
+    *) echo "error: step must be 1, 2 or 3" >&2; exit 2 ;;
+esac

@@ -1,0 +1,294 @@
+"""E2E-VarNet, its U-Nets and sensitivity network: shapes, gradients, parameter count, physics."""
+from __future__ import annotations
+
+
+import numpy as np
+import pytest
+import torch
+
+from models.unet import NormUnet, SensitivityNet, Unet, batch_acs_mask
+from models.varnet import VarNet, VarNetCascade, VarNetConfig
+from utils import physics
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tiny tensors: one intra-op thread is faster and avoids oversubscribing a shared CPU."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _mask(batch: int, width: int, acs: int = 5, acc: int = 3, seed: int = 0) -> torch.Tensor:
+    """(B, W) float mask: ``acs`` centred lines plus every ``acc``-th line from a random offset."""
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(batch, width)
+    start = (width - acs + 1) // 2
+    mask[:, start : start + acs] = 1
+    for b in range(batch):
+        offset = int(torch.randint(acc, (1,), generator=gen))
+        mask[b, offset::acc] = 1
+    return mask
+
+
+def _kspace(batch, slices, coils, h, w, mask, seed=0) -> torch.Tensor:
+    """Random masked k-space (B, S, C, H, W) complex64 of a smooth-ish image times coil phases."""
+    gen = torch.Generator().manual_seed(seed)
+    image = torch.randn(batch, slices, coils, h, w, 2, generator=gen)
+    k = physics.fft2c(torch.view_as_complex(image))
+    return k * (mask[:, None, None, None, :] != 0)
+
+
+def _model(seed=0, **overrides) -> VarNet:
+    torch.manual_seed(seed)
+    return VarNet(VarNetConfig.from_dict(overrides, preset="tiny"))
+
+
+def _zero_networks(model: VarNet) -> None:
+    """Make every cascade's network term exactly zero (DC only)."""
+    for cascade in model.cascades:
+        cascade.refinement = lambda current, sens: torch.zeros_like(current)
+
+
+def _numpy_zero_filled(k: torch.Tensor) -> np.ndarray:
+    """Independent reference: RSS of the centred orthonormal inverse FFT, (B, H, W)."""
+    x = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(k.numpy(), axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+    return np.sqrt((np.abs(x) ** 2).sum(axis=-3))
+
+
+# ----------------------------------------------------------------------------------------- config
+
+
+def test_fastmri_parameter_count_matches_paper():
+    with torch.device("meta"):
+        model = VarNet(VarNetConfig.from_dict({}, preset="fastmri"))
+    count = sum(p.numel() for p in model.parameters())
+    assert abs(count - 29.94e6) / 29.94e6 < 1e-3, count
+    assert all(p.is_meta for p in model.parameters())
+
+
+def test_presets_are_ordered_by_size():
+    counts = {}
+    for preset in ("fastmri", "demo", "tiny"):
+        with torch.device("meta"):
+            counts[preset] = sum(p.numel() for p in VarNet(VarNetConfig.from_dict({}, preset=preset)).parameters())
+    assert counts["fastmri"] > counts["demo"] > counts["tiny"] > 0
+
+
+@pytest.mark.parametrize(
+    "values, preset",
+    [({"num_casades": 3}, None), ({}, "huge"), ({"num_adj_slices": 2}, None), ({"pools": 0}, None),
+     ({"chans": 2.5}, None), ({"use_checkpoint": 1}, None)],
+)
+def test_bad_hyperparameters_raise(values, preset):
+    with pytest.raises(ValueError):
+        VarNetConfig.from_dict(values, preset=preset)
+
+
+def test_config_round_trip():
+    cfg = VarNetConfig.from_dict({"num_adj_slices": 3, "use_checkpoint": True}, preset="demo")
+    assert VarNetConfig.from_dict(cfg.to_dict()) == cfg
+
+
+# --------------------------------------------------------------------------------- forward/backward
+
+
+@pytest.mark.parametrize("coils, slices, adj", [(1, 1, 1), (2, 3, 1), (3, 3, 3), (5, 1, 1)])
+def test_forward_backward_tiny(coils, slices, adj):
+    h, w, batch = 21, 19, 2
+    mask = _mask(batch, w, seed=coils)
+    k = _kspace(batch, slices, coils, h, w, mask, seed=coils)
+    model = _model(num_adj_slices=adj)
+    out = model(k, mask)
+    assert out.shape == (batch, 384, 384) and out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+    # centre crop/pad: the tiny image sits in the middle, zeros around it
+    assert out[:, :100].abs().max() == 0 and out[:, 182:201, 183:200].abs().min() > 0
+    out.square().mean().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    # the first cascade starts from the measurement, so its DC term (and weight gradient) is zero
+    assert model.cascades[0].dc.weight.grad == 0
+    assert all(c.dc.weight.grad.abs() > 0 for c in model.cascades[1:])
+
+
+def test_large_input_is_centre_cropped_like_zero_filled():
+    h, w = 389, 387
+    mask = _mask(1, w, acs=31, acc=4)
+    k = _kspace(1, 1, 2, h, w, mask)
+    model = _model()
+    _zero_networks(model)
+    with torch.no_grad():
+        out = model(k, mask)
+    ref = _numpy_zero_filled(k[:, 0])[:, 2:386, 1:385]
+    np.testing.assert_allclose(out.numpy(), ref, rtol=1e-4, atol=1e-6)
+
+
+def test_bad_inputs_raise():
+    model = _model()
+    mask = _mask(1, 12)
+    k = _kspace(1, 1, 2, 10, 12, mask)
+    with pytest.raises(ValueError):
+        model(k.abs(), mask)  # real k-space
+    with pytest.raises(ValueError):
+        model(k[:, 0], mask)  # missing slice axis
+    with pytest.raises(ValueError):
+        model(k, mask[:, :-1])  # width mismatch
+    with pytest.raises(ValueError):
+        _model(num_adj_slices=3)(k, mask)  # fewer slices than needed
+
+
+# -------------------------------------------------------------------------------------- checkpoint
+
+
+def test_checkpointing_gives_same_outputs_and_gradients():
+    mask = _mask(2, 17)
+    k = _kspace(2, 3, 3, 15, 17, mask)
+    plain = _model(seed=3, num_adj_slices=3)
+    ckpt = VarNet(VarNetConfig.from_dict({"num_adj_slices": 3, "use_checkpoint": True}, preset="tiny"))
+    ckpt.load_state_dict(plain.state_dict())
+    outs = []
+    for model in (plain, ckpt):
+        out = model(k, mask)
+        out.square().sum().backward()
+        outs.append(out.detach())
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+# ---------------------------------------------------------------------------------------- physics
+
+
+def test_cascade_without_network_is_a_gradient_step():
+    """With G = 0 a cascade is k - w M (k - y): measured lines pulled to y, others untouched."""
+    torch.manual_seed(0)
+    cascade = VarNetCascade(chans=2, pools=1)
+    cascade.refinement = lambda current, sens: torch.zeros_like(current)
+    mask = _mask(2, 9)
+    current = torch.randn(2, 1, 3, 8, 9, dtype=torch.complex64)
+    measured = _kspace(2, 1, 3, 8, 9, mask, seed=1)
+    m = mask[:, None, None, None, :].bool()
+    for weight in (0.3, 1.0):
+        with torch.no_grad():
+            cascade.dc.weight.fill_(weight)
+        out = cascade(current, measured, m, None)
+        expected = current.numpy() - weight * mask.numpy()[:, None, None, None, :] * (current - measured).numpy()
+        np.testing.assert_allclose(out.detach().numpy(), expected, rtol=1e-6, atol=1e-6)
+    # weight 1: exactly the measurement on sampled lines
+    sampled = mask[0].numpy() > 0
+    np.testing.assert_allclose(out.detach().numpy()[0][..., sampled], measured.numpy()[0][..., sampled], atol=1e-6)
+    np.testing.assert_array_equal(out.detach().numpy()[0][..., ~sampled], current.numpy()[0][..., ~sampled])
+
+
+def test_dc_only_varnet_returns_zero_filled_rss():
+    """DC weight 1, no network: the measured k-space is a fixed point, output = zero-filled RSS."""
+    mask = _mask(2, 13)
+    k = _kspace(2, 3, 4, 11, 13, mask)
+    model = _model()
+    _zero_networks(model)
+    with torch.no_grad():
+        out = model(k, mask)
+    ref = physics.center_pad(torch.from_numpy(_numpy_zero_filled(k[:, 1])), (384, 384))
+    np.testing.assert_allclose(out.numpy(), ref.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_output_is_scale_equivariant():
+    """NormUnets normalise, maps are RSS-normalised, DC is linear: f(a k) = a f(k) for a > 0."""
+    mask = _mask(1, 15)
+    k = _kspace(1, 1, 3, 14, 15, mask)
+    model = _model(seed=1)
+    with torch.no_grad():
+        out, out_scaled = model(k, mask), model(k * 1e-3, mask)
+    torch.testing.assert_close(out_scaled * 1e3, out, rtol=1e-4, atol=1e-4 * out.abs().max().item())
+
+
+def test_output_is_invariant_to_coil_order():
+    mask = _mask(1, 15)
+    k = _kspace(1, 1, 4, 14, 15, mask)
+    model = _model(seed=2)
+    with torch.no_grad():
+        out, out_perm = model(k, mask), model(k[:, :, [2, 0, 3, 1]], mask)
+    torch.testing.assert_close(out_perm, out, rtol=1e-5, atol=1e-5 * out.abs().max().item())
+
+
+def test_only_centre_slices_are_used():
+    mask = _mask(1, 15)
+    k = _kspace(1, 5, 2, 14, 15, mask)
+    single, triple = _model(seed=4), _model(seed=4, num_adj_slices=3)
+    with torch.no_grad():
+        torch.testing.assert_close(single(k, mask), single(k[:, 2:3], mask))
+        torch.testing.assert_close(triple(k, mask), triple(k[:, 1:4], mask))
+        # the adjacent slices do matter for a 3-slice model
+        assert not torch.allclose(triple(k[:, 1:4], mask), triple(k[:, 0:3], mask))
+
+
+def test_num_low_frequencies_matches_derived_acs():
+    mask = torch.zeros(2, 16)
+    mask[:, 6:10] = 1  # ACS of 4 centred lines, isolated from the other sampled lines
+    mask[:, [0, 3, 12, 15]] = 1
+    k = _kspace(2, 1, 2, 12, 16, mask)
+    model = _model()
+    with torch.no_grad():
+        derived = model(k, mask)
+        torch.testing.assert_close(model(k, mask, num_low_frequencies=4), derived)
+        torch.testing.assert_close(model(k, mask, num_low_frequencies=torch.tensor([4, 4])), derived)
+        assert not torch.allclose(model(k, mask, num_low_frequencies=2), derived)
+
+
+def test_batch_acs_mask_per_element():
+    mask = torch.zeros(2, 10)
+    mask[0, 4:7] = 1
+    mask[1, 3:8] = 1
+    mask[1, 0] = 1
+    acs = batch_acs_mask(mask)
+    assert acs[0].nonzero().flatten().tolist() == [4, 5, 6]
+    assert acs[1].nonzero().flatten().tolist() == [3, 4, 5, 6, 7]
+    fixed = batch_acs_mask(mask, torch.tensor([2, 4]))
+    assert fixed[0].nonzero().flatten().tolist() == [4, 5]
+    assert fixed[1].nonzero().flatten().tolist() == [3, 4, 5, 6]
+    with pytest.raises(ValueError):
+        batch_acs_mask(mask, 0)
+
+
+# ------------------------------------------------------------------------------------ U-Net parts
+
+
+@pytest.mark.parametrize("h, w", [(12, 19), (16, 9), (11, 17)])
+def test_unet_keeps_odd_sizes(h, w):
+    net = Unet(3, 2, chans=2, num_pools=3)
+    assert net(torch.randn(2, 3, h, w)).shape == (2, 2, h, w)
+
+
+@pytest.mark.parametrize("h, w", [(1, 1), (3, 2), (7, 13), (16, 9)])
+def test_norm_unet_keeps_any_size(h, w):
+    net = NormUnet(chans=2, num_pools=3)
+    x = torch.randn(2, 1, h, w, dtype=torch.complex64)
+    assert net(x).shape == (2, 1, h, w)
+
+
+def test_norm_unet_complex_channels_and_scale_equivariance():
+    torch.manual_seed(0)
+    net = NormUnet(chans=2, num_pools=2, in_complex=3, out_complex=3)
+    x = torch.randn(2, 3, 11, 6, dtype=torch.complex64)
+    y = net(x)
+    assert y.shape == x.shape and y.dtype == torch.complex64
+    torch.testing.assert_close(net(5.0 * x), 5.0 * y, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError):
+        net(x.real)
+    assert torch.isfinite(net(torch.zeros_like(x))).all()
+
+
+def test_sensitivity_maps_have_unit_rss_and_only_see_acs():
+    torch.manual_seed(0)
+    sens_net = SensitivityNet(chans=2, num_pools=2)
+    mask = _mask(1, 15)
+    k = _kspace(1, 1, 4, 12, 15, mask)
+    acs = batch_acs_mask(mask)[:, None, None, None, :]
+    maps = sens_net(k, acs)
+    assert maps.shape == k.shape
+    torch.testing.assert_close(physics.rss(maps, dim=-3), torch.ones(1, 1, 12, 15))
+    outside = k.clone()
+    outside[..., ~acs[0, 0, 0, 0]] *= 7  # change only non-ACS lines
+    torch.testing.assert_close(sens_net(outside, acs), maps)

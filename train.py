@@ -1,0 +1,258 @@
+"""Train a registry model with the DeepSpeed engine (utils/engine.py).
+
+Reconstruction models train on one anatomy's fully sampled training volumes with masks drawn on the
+fly and optional MRAugment; classifiers (``--model anatomy_cnn``) train on whole-volume images of both
+anatomies with labels from the file names. Strict CLI: a misspelt flag is an error. Model
+hyperparameters are flags named after the model's config fields (``--cascade 8 --feature_dim 64 80 96``)
+on top of ``--preset``. Example::
+
+    python train.py --net_name brain_acc4 --step 1 --model promptmr --preset challenge --task brain \\
+        --acceleration 4 --mask_type fixed --num_epochs 20 --stop_epoch 15 --max_lr 3e-4
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+REPO = Path(__file__).resolve().parent
+
+
+def str2bool(value: str) -> bool:
+    lowered = str(value).strip().lower()
+    if lowered in ("1", "true", "yes", "y", "on"):
+        return True
+    if lowered in ("0", "false", "no", "n", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def _default_root(env: str, leaf: str) -> str:
+    return os.environ.get(env) or str(REPO.parent / leaf)
+
+
+def _add_flag(parser: argparse.ArgumentParser, name: str, default: Any, help_text: str = "") -> None:
+    """Add ``--name`` typed after ``default`` (bool -> true/false, tuple/list -> one or more values)."""
+    if isinstance(default, bool):
+        parser.add_argument(f"--{name}", type=str2bool, nargs="?", const=True, default=None, metavar="BOOL", help=help_text)
+    elif isinstance(default, (tuple, list)):
+        elem = type(default[0]) if default else int
+        parser.add_argument(f"--{name}", type=elem, nargs="+", default=None, help=help_text)
+    elif default is None:
+        parser.add_argument(f"--{name}", default=None, help=help_text)
+    else:
+        parser.add_argument(f"--{name}", type=type(default), default=None, help=help_text)
+
+
+def build_parser(model_name: Optional[str]) -> argparse.ArgumentParser:
+    from data.augment import AugmentConfig
+    from data.masks import CHALLENGE_KINDS
+    from utils.objectives import RECONSTRUCTION_LOSSES
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    run = parser.add_argument_group("run")
+    run.add_argument("--net_name", required=True, help="run name: outputs go to <result_path>/<net_name>/")
+    run.add_argument("--step", type=int, default=1, help="recipe step k: checkpoints/step{k}, loss_log/step{k}")
+    run.add_argument("--model", default="promptmr", help="registry name (models/__init__.py)")
+    run.add_argument("--preset", default=None, help="named preset of the model's config")
+    run.add_argument("--result_path", default=_default_root("RESULT_ROOT", "result"))
+    run.add_argument("--seed", type=int, default=430)
+    run.add_argument("--deterministic", type=str2bool, nargs="?", const=True, default=False, metavar="BOOL",
+                     help="torch.use_deterministic_algorithms(True) and CUBLAS_WORKSPACE_CONFIG=:16:8")
+    run.add_argument("--num_workers", type=int, default=2)
+    run.add_argument("--log_every", type=int, default=10, help="wandb iteration logging interval")
+    data = parser.add_argument_group("data")
+    data.add_argument("--task", choices=("brain", "knee"), help="anatomy (reconstruction models)")
+    data.add_argument("--acceleration", type=int, default=4)
+    data.add_argument("--mask_type", choices=CHALLENGE_KINDS, default="fixed")
+    data.add_argument("--data_path_train", default=str(Path(_default_root("DATA_ROOT", "Data")) / "train"))
+    data.add_argument("--data_path_val", default=None, help="leaderboard-style folder (kspace/ image/) for a per-epoch SSIM")
+    data.add_argument("--loss", choices=RECONSTRUCTION_LOSSES, default="ssim")
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--num_epochs", type=int, default=20, help="epoch at which the cosine reaches min_lr")
+    opt.add_argument("--warmup_epochs", type=float, default=1.0)
+    opt.add_argument("--stop_epoch", type=int, default=None, help="last epoch to train (default num_epochs)")
+    opt.add_argument("--max_lr", type=float, default=3e-4)
+    opt.add_argument("--min_lr", type=float, default=0.0)
+    opt.add_argument("--batch_size", type=int, default=1)
+    opt.add_argument("--gradient_accumulation_steps", type=int, default=2)
+    opt.add_argument("--gradient_clipping", type=float, default=0.01)
+    opt.add_argument("--weight_decay", type=float, default=1e-4)
+    opt.add_argument("--zero_stage", type=int, choices=(0, 1, 2, 3), default=1)
+    opt.add_argument("--offload_optimizer", type=str2bool, nargs="?", const=True, default=True, metavar="BOOL")
+    opt.add_argument("--bf16", type=str2bool, nargs="?", const=True, default=False, metavar="BOOL")
+    opt.add_argument("--deepspeed_config", default=None, help="DeepSpeed JSON whose values the flags override")
+    opt.add_argument("--restart_from_checkpoint", default=None, help="<result>/<net>/checkpoints/stepK/epoch-N")
+    opt.add_argument("--continue_lr_scheduler", type=str2bool, nargs="?", const=True, default=True, metavar="BOOL",
+                     help="false: restart the LR at --max_lr with a new cosine from the checkpoint's epoch")
+    AugmentConfig.add_argparse_args(parser.add_argument_group("MRAugment"))
+    if model_name is not None:
+        from models import model_entry
+
+        _, config_cls = model_entry(model_name)
+        group = parser.add_argument_group(f"{model_name} hyperparameters")
+        for field in dataclasses.fields(config_cls):
+            default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+            _add_flag(group, field.name, default)
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--model", default="promptmr")
+    known, _ = pre.parse_known_args(argv)
+    from models import MODEL_REGISTRY
+
+    if known.model not in MODEL_REGISTRY:
+        build_parser(None).error(f"unknown --model {known.model!r}; registered: {sorted(MODEL_REGISTRY)}")
+    return build_parser(known.model).parse_args(argv)
+
+
+def model_hparams(args: argparse.Namespace) -> Dict[str, Any]:
+    """Model hyperparameters given explicitly on the command line."""
+    from models import model_entry
+
+    _, config_cls = model_entry(args.model)
+    values = {}
+    for name in config_cls.field_names():
+        value = getattr(args, name, None)
+        if value is not None:
+            values[name] = tuple(value) if isinstance(value, list) else value
+    return values
+
+
+def leaderboard_validation(folder, anatomy: str, num_adj_slices: int):
+    """``validate(model, epoch) -> {"ssim": mean leaderboard SSIM}`` over the ``anatomy`` volumes of a
+    leaderboard-style folder (``kspace/`` with undersampled k-space, ``image/`` with labels)."""
+    import numpy as np
+    import torch
+
+    from data.formats import anatomy_from_name, read_image_file, read_kspace_file
+    from data.transforms import HEIGHT_CUT, height_cut_kspace
+    from utils.inference import reconstruct_volume
+    from utils.metrics import leaderboard_foreground_mask, leaderboard_ssim
+
+    folder = Path(folder)
+    files = [p for p in sorted((folder / "kspace").glob("*.h5")) if anatomy_from_name(p) == anatomy]
+    if not files:
+        raise FileNotFoundError(f"{folder / 'kspace'}: no {anatomy} volumes for validation")
+    labels = {p: read_image_file(folder / "image" / p.name, keys=("image_label",)) for p in files}
+
+    def validate(model, epoch: int):
+        device = next(model.parameters()).device
+        scores = []
+        for path in files:
+            vol = read_kspace_file(path)
+            kspace = height_cut_kspace(torch.from_numpy(vol.kspace), HEIGHT_CUT[anatomy])
+            recon = reconstruct_volume(model, kspace, torch.from_numpy(vol.mask), num_adj_slices, device=device).numpy()
+            target, max_value = labels[path]["image_label"], labels[path]["max"]
+            fg = leaderboard_foreground_mask(target, anatomy)
+            scores.append(leaderboard_ssim(recon, target, max_value, fg))
+        return {"ssim": float(np.concatenate(scores).mean())}
+
+    return validate
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("WANDB_MODE", "offline")
+    import torch  # noqa: F401  (heavy imports after argument errors)
+
+    from data.augment import AugmentConfig, MRAugment
+    from data.datasets import SliceDataset, VolumeImageDataset, collate_training
+    from data.masks import MaskSampler
+    from data.transforms import TrainingTransform
+    from models import CLASSIFIERS, build_config, model_entry
+    from utils.engine import EngineConfig, resume_state, train
+    from utils.objectives import ClassificationObjective, ReconstructionObjective
+
+    engine_cfg = EngineConfig(
+        result_path=args.result_path,
+        net_name=args.net_name,
+        step=args.step,
+        seed=args.seed,
+        deterministic=args.deterministic,
+        num_epochs=args.num_epochs,
+        warmup_epochs=args.warmup_epochs,
+        stop_epoch=args.stop_epoch,
+        max_lr=args.max_lr,
+        min_lr=args.min_lr,
+        batch_size=args.batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        gradient_clipping=args.gradient_clipping,
+        weight_decay=args.weight_decay,
+        zero_stage=args.zero_stage,
+        offload_optimizer=args.offload_optimizer,
+        bf16=args.bf16,
+        num_workers=args.num_workers,
+        restart_from_checkpoint=args.restart_from_checkpoint,
+        continue_lr_scheduler=args.continue_lr_scheduler,
+        log_every=args.log_every,
+        deepspeed_config=args.deepspeed_config,
+    )
+    # Everything that can be wrong is checked before DeepSpeed starts or anything is written.
+    resume = resume_state(engine_cfg)
+    hparams = model_hparams(args)
+    if resume:
+        if resume["model_name"] != args.model:
+            raise SystemExit(f"error: {args.restart_from_checkpoint}: checkpoint holds {resume['model_name']!r}, not --model {args.model!r}")
+        config = build_config(args.model, **resume["model_config"])
+        clashes = {k: v for k, v in hparams.items() if getattr(config, k) != v}
+        if clashes or args.preset:
+            raise SystemExit(f"error: the model config comes from the checkpoint; drop --preset/{sorted(clashes)}")
+    else:
+        config = build_config(args.model, args.preset, **hparams)
+    model_cls, _ = model_entry(args.model)
+    is_classifier = args.model in CLASSIFIERS
+
+    if is_classifier:
+        dataset = VolumeImageDataset([args.data_path_train])
+        collate_fn, objective = None, ClassificationObjective()
+    else:
+        if args.task is None:
+            raise SystemExit("error: --task {brain,knee} is required for reconstruction models")
+        aug_cfg = AugmentConfig.from_mapping({**vars(args), "num_epochs": args.num_epochs})
+        sampler = MaskSampler(args.mask_type, args.acceleration, args.seed)
+        augment = MRAugment(aug_cfg) if aug_cfg.aug_on else None
+        transform = TrainingTransform(sampler.sample, augment=augment, seed=args.seed)
+        dataset = SliceDataset(args.data_path_train, args.task, getattr(config, "num_adj_slices", 1), transform)
+        collate_fn, objective = collate_training, ReconstructionObjective(args.loss)
+
+    validate = None
+    if args.data_path_val and not is_classifier:
+        validate = leaderboard_validation(args.data_path_val, args.task, getattr(config, "num_adj_slices", 1))
+
+    from utils.seed import seed_fix
+
+    seed_fix(args.seed, args.deterministic)  # model initialisation depends only on the seed
+    model = model_cls(config)
+    run_args = {k: v for k, v in vars(args).items()}
+    result = train(
+        model,
+        dataset,
+        objective,
+        engine_cfg,
+        model_name=args.model,
+        model_config=config.to_dict(),
+        run_args=run_args,
+        collate_fn=collate_fn,
+        resume=resume,
+        validate=validate,
+    )
+    print(
+        f"[train] done: epochs up to {result.last_epoch}, last checkpoint {result.checkpoint}, "
+        f"{result.samples_per_second:.2f} samples/s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (FileNotFoundError, ValueError) as exc:  # bad input: one clear line, non-zero exit
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
