@@ -167,7 +167,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from data.masks import MaskSampler
     from data.transforms import TrainingTransform
     from models import CLASSIFIERS, build_config, model_entry
-    from utils.engine import EngineConfig, resume_state, train
+    from utils.engine import EngineConfig, resume_state, shutdown_distributed, train
     from utils.objectives import ClassificationObjective, ReconstructionObjective
 
     engine_cfg = EngineConfig(
@@ -231,18 +231,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     seed_fix(args.seed, args.deterministic)  # model initialisation depends only on the seed
     model = model_cls(config)
     run_args = {k: v for k, v in vars(args).items()}
-    result = train(
-        model,
-        dataset,
-        objective,
-        engine_cfg,
-        model_name=args.model,
-        model_config=config.to_dict(),
-        run_args=run_args,
-        collate_fn=collate_fn,
-        resume=resume,
-        validate=validate,
-    )
+    try:
+        result = train(
+            model,
+            dataset,
+            objective,
+            engine_cfg,
+            model_name=args.model,
+            model_config=config.to_dict(),
+            run_args=run_args,
+            collate_fn=collate_fn,
+            resume=resume,
+            validate=validate,
+        )
+    finally:
+        shutdown_distributed()
     print(
         f"[train] done: epochs up to {result.last_epoch}, last checkpoint {result.checkpoint}, "
         f"{result.samples_per_second:.2f} samples/s"

@@ -102,7 +102,8 @@ def write_reconstruction_file(path, reconstruction: np.ndarray, key: str = RECON
 # --------------------------------------------------------------------------------------------- checks
 
 
-def _open(path) -> h5py.File:
+def open_h5(path) -> h5py.File:
+    """Open an h5 file for reading; a missing, unreadable or truncated file is a :class:`FormatError`."""
     path = Path(path)
     if not path.is_file():
         raise FormatError(path, "-", "file not found")
@@ -112,7 +113,8 @@ def _open(path) -> h5py.File:
         raise FormatError(path, "-", f"unreadable or truncated h5 file ({exc.__class__.__name__})") from None
 
 
-def _dataset(f: h5py.File, path, key: str) -> h5py.Dataset:
+def require_dataset(f: h5py.File, path, key: str) -> h5py.Dataset:
+    """``f[key]`` as a dataset, or a :class:`FormatError` naming the file and key."""
     if key not in f:
         raise FormatError(path, key, f"missing key (has: {sorted(f.keys())})")
     obj = f[key]
@@ -171,10 +173,10 @@ def read_kspace_file(path, load: bool = True) -> KspaceVolume:
     """Read and validate a k-space file. With ``load=False`` only the header is checked and
     ``kspace`` is an empty ``(0, C, H, W)`` placeholder (cheap shape check for big files)."""
     path = Path(path)
-    with _open(path) as f:
-        ds = _dataset(f, path, KSPACE_KEY)
+    with open_h5(path) as f:
+        ds = require_dataset(f, path, KSPACE_KEY)
         _check_kind(ds, path, KSPACE_KEY, 4, complex_=True)
-        mask = _read(_dataset(f, path, MASK_KEY), path, MASK_KEY)
+        mask = _read(require_dataset(f, path, MASK_KEY), path, MASK_KEY)
         _check_mask(np.asarray(mask), ds.shape[-1], path)
         if load:
             kspace = _read(ds, path, KSPACE_KEY).astype(np.complex64, copy=False)
@@ -186,8 +188,8 @@ def read_kspace_file(path, load: bool = True) -> KspaceVolume:
 
 def kspace_shape(path) -> tuple:
     """``(S, C, H, W)`` of a k-space file without reading the data."""
-    with _open(path) as f:
-        ds = _dataset(f, path, KSPACE_KEY)
+    with open_h5(path) as f:
+        ds = require_dataset(f, path, KSPACE_KEY)
         _check_kind(ds, path, KSPACE_KEY, 4, complex_=True)
         return tuple(ds.shape)
 
@@ -198,7 +200,7 @@ def read_image_file(path, keys: Optional[Sequence[str]] = None) -> Dict[str, obj
     path = Path(path)
     keys = IMAGE_KEYS if keys is None else tuple(keys)
     out: Dict[str, object] = {}
-    with _open(path) as f:
+    with open_h5(path) as f:
         if MAX_ATTR not in f.attrs:
             raise FormatError(path, "attr max", "missing attribute")
         max_value = float(np.asarray(f.attrs[MAX_ATTR]))
@@ -206,7 +208,7 @@ def read_image_file(path, keys: Optional[Sequence[str]] = None) -> Dict[str, obj
             raise FormatError(path, "attr max", f"must be a positive finite number, got {max_value}")
         shape = None
         for key in keys:
-            ds = _dataset(f, path, key)
+            ds = require_dataset(f, path, key)
             _check_kind(ds, path, key, 3, complex_=False)
             if shape is not None and ds.shape != shape:
                 raise FormatError(path, key, f"shape {ds.shape} differs from {keys[0]} {shape}")
@@ -221,8 +223,8 @@ def read_image_file(path, keys: Optional[Sequence[str]] = None) -> Dict[str, obj
 def read_reconstruction_file(path, key: str = RECON_KEY) -> np.ndarray:
     """Read and validate a reconstruction file: float32 ``(S, H, W)``."""
     path = Path(path)
-    with _open(path) as f:
-        ds = _dataset(f, path, key)
+    with open_h5(path) as f:
+        ds = require_dataset(f, path, key)
         _check_kind(ds, path, key, 3, complex_=False)
         arr = _read(ds, path, key).astype(np.float32, copy=False)
     _check_finite(arr, path, key)
@@ -255,8 +257,8 @@ def validate_image_file(path) -> List[str]:
 
 
 def _image_slices(path) -> int:
-    with _open(path) as f:
-        return _dataset(f, path, "image_label").shape[0]
+    with open_h5(path) as f:
+        return require_dataset(f, path, "image_label").shape[0]
 
 
 def _slices_in(path, reader) -> Optional[int]:
@@ -302,7 +304,7 @@ def validate_path(path) -> List[str]:
         return [f"{path}: -: path not found"]
     if path.is_file():
         try:
-            with _open(path) as f:
+            with open_h5(path) as f:
                 keys = set(f.keys())
         except FormatError as exc:
             return [str(exc)]
@@ -331,8 +333,8 @@ def read_fastmri_file(path) -> Dict[str, object]:
     ``reconstruction_rss`` float ``(S, 320, 320)`` if present, attr ``max`` if present, and the mask
     (fastMRI test/challenge files carry ``mask``; train/val files are fully sampled -> ones)."""
     path = Path(path)
-    with _open(path) as f:
-        ds = _dataset(f, path, KSPACE_KEY)
+    with open_h5(path) as f:
+        ds = require_dataset(f, path, KSPACE_KEY)
         _check_kind(ds, path, KSPACE_KEY, 4, complex_=True)
         kspace = _read(ds, path, KSPACE_KEY).astype(np.complex64, copy=False)
         out: Dict[str, object] = {"kspace": kspace}

@@ -1,0 +1,45 @@
+"""Model registry: registry name -> (model class, config class).
+
+``build_model(name, preset=None, **hparams)`` builds a model from a named preset overridden by
+hyperparameters; an unknown name, preset or hyperparameter is a ``ValueError``. A checkpoint stores
+``(name, config.to_dict())`` so ``build_model(name, **config)`` rebuilds it exactly.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple, Type
+
+from torch import nn
+
+from models.anatomy_cnn import AnatomyCNN, AnatomyCNNConfig
+from models.config import ModelConfig
+from models.promptmr import PromptMR, PromptMRConfig
+from models.varnet import VarNet, VarNetConfig
+
+#: Reconstruction models follow ``forward(masked_kspace, mask, num_low_frequencies=None) -> (B, 384, 384)``;
+#: classifiers ``forward(images (B, S, H, W)) -> logits (B, 2)``.
+MODEL_REGISTRY: Dict[str, Tuple[Type[nn.Module], Type[ModelConfig]]] = {
+    "promptmr": (PromptMR, PromptMRConfig),
+    "varnet": (VarNet, VarNetConfig),
+    "anatomy_cnn": (AnatomyCNN, AnatomyCNNConfig),
+}
+
+#: Registry names of the brain/knee classifiers (trained with cross-entropy, used for routing).
+CLASSIFIERS = ("anatomy_cnn",)
+
+
+def model_entry(name: str) -> Tuple[Type[nn.Module], Type[ModelConfig]]:
+    if name not in MODEL_REGISTRY:
+        raise ValueError(f"unknown model {name!r}; registered: {sorted(MODEL_REGISTRY)}")
+    return MODEL_REGISTRY[name]
+
+
+def build_config(name: str, preset: Optional[str] = None, **hparams: Any) -> ModelConfig:
+    """The config of registry entry ``name``: ``preset`` overridden by ``hparams`` (strict)."""
+    _, config_cls = model_entry(name)
+    return config_cls.from_dict(hparams, preset=preset)
+
+
+def build_model(name: str, preset: Optional[str] = None, **hparams: Any) -> nn.Module:
+    """Build registry entry ``name`` from ``preset`` overridden by ``hparams``."""
+    model_cls, _ = model_entry(name)
+    return model_cls(build_config(name, preset, **hparams))

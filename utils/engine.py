@@ -125,6 +125,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def shutdown_distributed() -> None:
+    """Tear the process group down (before interpreter exit, so no backend thread holds it up)."""
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def init_distributed() -> None:
     """Initialise torch.distributed through DeepSpeed; a plain ``python train.py`` is rank 0 of 1."""
     import deepspeed
@@ -175,6 +181,8 @@ def deepspeed_config(cfg: EngineConfig) -> Dict[str, Any]:
             "gradient_clipping": cfg.gradient_clipping,
             "zero_optimization": zero,
             "steps_per_print": 2**31 - 1,
+            # our optimizer is DeepSpeedCPUAdam with reproducible bias corrections (a subclass)
+            "zero_allow_untested_optimizer": True,
             "wall_clock_breakdown": False,
         }
     )
@@ -185,12 +193,40 @@ def deepspeed_config(cfg: EngineConfig) -> Dict[str, Any]:
     return base
 
 
+def _reproducible_cpu_adam_class():
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    class ReproducibleCPUAdam(DeepSpeedCPUAdam):
+        """DeepSpeedCPUAdam (AdamW mode) whose bias corrections do not depend on the step history.
+
+        The C++ kernel keeps ``beta**t`` as a running product while steps arrive one by one and uses
+        ``pow(beta, t)`` after a jump (a resumed run), which differ in the last bits. Re-creating the
+        kernel's tiny state before each step makes every step use ``pow(beta, t)``, so a run resumed from
+        a checkpoint reproduces an uninterrupted run bit for bit.
+        """
+
+        def _reset_bias_correction(self) -> None:
+            g = self.param_groups[0]
+            self.ds_opt_adam.create_adam(
+                self.opt_id, g["lr"], g["betas"][0], g["betas"][1], g["eps"], g["weight_decay"], self.adam_w_mode, False
+            )
+
+        def step(self, closure=None):
+            self._reset_bias_correction()
+            return super().step(closure)
+
+        def step_subgroup(self, subgroup_id: int, closure=None):
+            self._reset_bias_correction()
+            return super().step_subgroup(subgroup_id, closure)
+
+    return ReproducibleCPUAdam
+
+
 def _optimizer(model: nn.Module, cfg: EngineConfig, on_cpu: bool):
     groups = parameter_groups(model, cfg.weight_decay)
     if on_cpu or (cfg.zero_stage > 0 and cfg.offload_optimizer):
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
-
-        return DeepSpeedCPUAdam(groups, lr=cfg.max_lr, weight_decay=cfg.weight_decay, adamw_mode=True)
+        cpu_adam = _reproducible_cpu_adam_class()
+        return cpu_adam(groups, lr=cfg.max_lr, weight_decay=cfg.weight_decay, adamw_mode=True)
     return torch.optim.AdamW(groups, lr=cfg.max_lr, weight_decay=cfg.weight_decay)
 
 
@@ -244,7 +280,11 @@ class WandbLogger:
 
     def finish(self) -> None:
         if self.run is not None:
+            import wandb
+
             self.run.finish()
+            wandb.teardown()  # stops the wandb service now; left to atexit it can stall the exit for a minute
+            self.run = None
 
 
 # ------------------------------------------------------------------------------------------ engine

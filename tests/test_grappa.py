@@ -1,0 +1,199 @@
+"""Tests for data/grappa.py on small synthetic multi-coil data (smooth phantom x smooth coil maps)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import data.grappa as grappa
+from data.grappa import grappa_image, grappa_patterns, grappa_reconstruct
+from utils.physics import fft2c
+
+
+def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur (numpy only)."""
+    radius = int(3 * sigma) + 1
+    x = np.arange(-radius, radius + 1)
+    g = np.exp(-0.5 * (x / sigma) ** 2)
+    g /= g.sum()
+    img = np.apply_along_axis(lambda r: np.convolve(r, g, mode="same"), 0, img)
+    return np.apply_along_axis(lambda r: np.convolve(r, g, mode="same"), 1, img)
+
+
+def _phantom_kspace(H: int, W: int, coils: int, seed: int = 0) -> torch.Tensor:
+    """Fully sampled k-space ``(coils, H, W)`` of blurred ellipses times localised complex coil maps."""
+    rng = np.random.default_rng(seed)
+    y, x = np.meshgrid(np.linspace(-1, 1, H), np.linspace(-1, 1, W), indexing="ij")
+    img = 0.5 * (((y / 0.8) ** 2 + (x / 0.6) ** 2) < 1).astype(float)
+    for _ in range(6):
+        cy, cx = rng.uniform(-0.4, 0.4), rng.uniform(-0.3, 0.3)
+        ay, ax = rng.uniform(0.05, 0.3, size=2)
+        img += rng.uniform(-0.3, 0.5) * ((((y - cy) / ay) ** 2 + ((x - cx) / ax) ** 2) < 1)
+    img = _blur(img, 1.0) * np.exp(1j * np.pi * 0.3 * x)
+    angles = 2 * np.pi * np.arange(coils) / coils
+    radius = 1.2 + 0.2 * (np.arange(coils) % 2)
+    maps = np.stack([
+        np.exp(-((y - r * np.sin(a)) ** 2 + (x - r * np.cos(a)) ** 2) / 0.15)
+        * np.exp(1j * (a + 0.5 * x * np.cos(a) + 0.5 * y))
+        for a, r in zip(angles, radius)
+    ])
+    return fft2c(torch.from_numpy(maps * img[None]).to(torch.complex64))
+
+
+def _equispaced(W: int, R: int, acs: int) -> np.ndarray:
+    mask = np.zeros(W, dtype=np.float32)
+    mask[(W // 2) % R::R] = 1
+    mask[W // 2 - acs // 2: W // 2 - acs // 2 + acs] = 1
+    return mask
+
+
+def _random_per_bin(W: int, R: int, acs: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(W, dtype=np.float32)
+    starts = np.arange(0, W, R)
+    mask[np.minimum(starts + rng.integers(0, R, starts.size), W - 1)] = 1
+    mask[W // 2 - acs // 2: W // 2 - acs // 2 + acs] = 1
+    return mask
+
+
+def _nmse(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((x - ref).abs().square().sum() / ref.abs().square().sum())
+
+
+def _gain(full: torch.Tensor, mask: np.ndarray, **kwargs) -> float:
+    """NMSE(GRAPPA) / NMSE(zero-filled), both against the fully sampled k-space."""
+    m = torch.from_numpy(mask != 0)
+    out = grappa_reconstruct(full * m, mask, **kwargs)
+    assert out.shape == full.shape and out.dtype == torch.complex64
+    assert torch.equal(out[..., m], full[..., m]), "measured lines must be unchanged"
+    return _nmse(out, full) / _nmse(full * m, full)
+
+
+@pytest.fixture(scope="module")
+def kspace8() -> torch.Tensor:
+    return _phantom_kspace(96, 96, 8)
+
+
+def test_equispaced_r4_much_better_than_zero_filled(kspace8):
+    assert _gain(kspace8, _equispaced(96, 4, 24)) < 0.15
+
+
+def test_r8_with_sixteen_coils():
+    full = _phantom_kspace(96, 128, 16, seed=1)
+    assert _gain(full, _equispaced(128, 8, 32)) < 0.25
+
+
+def test_random_one_line_per_bin_mask(kspace8):
+    mask = _random_per_bin(96, 4, 24, seed=3)
+    assert _gain(kspace8, mask) < 0.4
+
+
+def test_odd_width_and_narrow_acs():
+    full = _phantom_kspace(80, 97, 8, seed=2)
+    assert _gain(full, _equispaced(97, 4, 20)) < 0.2
+    # ACS too narrow for the full 5 x 4 kernel: patterns shrink, the result still helps.
+    assert _gain(full, _equispaced(97, 4, 11)) < 0.3
+
+
+def test_batch_equals_per_slice(monkeypatch):
+    full = torch.stack([_phantom_kspace(48, 64, 4, seed=s) for s in range(3)])
+    mask = _equispaced(64, 4, 16)
+    under = full * torch.from_numpy(mask)
+    batch = grappa_reconstruct(under, mask)
+    singles = torch.stack([grappa_reconstruct(under[s], mask) for s in range(3)])
+    torch.testing.assert_close(batch, singles, rtol=1e-5, atol=1e-6 * float(full.abs().max()))
+    monkeypatch.setattr(grappa, "_MEMORY_BUDGET_BYTES", 1)  # one slice per chunk
+    torch.testing.assert_close(grappa_reconstruct(under, mask), batch, rtol=1e-5, atol=1e-6 * float(full.abs().max()))
+
+
+def test_numpy_input_and_unsampled_values_ignored(kspace8):
+    mask = _equispaced(96, 4, 24)
+    ref = grappa_reconstruct(kspace8 * torch.from_numpy(mask), torch.from_numpy(mask))
+    out = grappa_reconstruct(kspace8.numpy(), mask.astype(np.int64))  # fully sampled numpy input
+    assert isinstance(out, torch.Tensor)
+    torch.testing.assert_close(out, ref)
+
+
+def test_matches_bruteforce_least_squares():
+    """Tiny random data: kernels and fills equal an explicit loop implementation of the definition."""
+    rng = np.random.default_rng(0)
+    C, H, W, kh, kw, lamda = 3, 10, 30, 3, 2, 0.05
+    k = rng.standard_normal((C, H, W)) + 1j * rng.standard_normal((C, H, W))
+    mask = np.zeros(W, dtype=bool)
+    mask[0::3] = True
+    mask[W // 2 - 5: W // 2 + 5] = True
+    centre = W // 2  # ACS = contiguous sampled run around the centre (includes adjacent grid lines)
+    a = centre
+    while a - 1 >= 0 and mask[a - 1]:
+        a -= 1
+    b = centre
+    while b < W and mask[b]:
+        b += 1
+    out = grappa_reconstruct(torch.from_numpy(k), mask, kernel_size=(kh, kw), lamda=lamda).numpy()
+    ref = k * mask
+    p = kh // 2
+    for pattern in grappa_patterns(mask, kw):
+        o = np.array(pattern.offsets)
+        rows, targets = [], []
+        for t in range(a, b):
+            if np.all((t + o >= a) & (t + o < b)):
+                for y in range(H):
+                    rows.append([k[c, (y + dy) % H, t + oo] for dy in range(-p, p + 1) for oo in o for c in range(C)])
+                    targets.append(k[:, y, t])
+        A, B = np.array(rows), np.array(targets)
+        G = A.conj().T @ A
+        w = np.linalg.solve(G + lamda * np.linalg.norm(G) / len(G) * np.eye(len(G)), A.conj().T @ B)
+        for x in pattern.targets:
+            assert not mask[x] and np.all(mask[x + o])
+            for y in range(H):
+                src = [ref[c, (y + dy) % H, x + oo] for dy in range(-p, p + 1) for oo in o for c in range(C)]
+                ref[:, y, x] = np.array(src) @ w
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+def test_patterns_of_equispaced_mask():
+    mask = _equispaced(396, 4, 32)
+    patterns = grappa_patterns(mask, 4)
+    main = sorted(patterns, key=lambda p: -p.targets.size)[:3]
+    assert sorted(p.offsets for p in main) == [(-7, -3, 1, 5), (-6, -2, 2, 6), (-5, -1, 3, 7)]
+    covered = np.sort(np.concatenate([p.targets for p in patterns]))
+    np.testing.assert_array_equal(covered, np.flatnonzero(mask == 0))
+    for p in patterns:
+        assert all(mask[p.targets[:, None] + np.array(p.offsets)[None, :]].ravel() == 1)
+
+
+def test_fully_sampled_mask_is_identity(kspace8):
+    out = grappa_reconstruct(kspace8, np.ones(96))
+    assert torch.equal(out, kspace8)
+
+
+def test_grappa_image_shapes_and_values(kspace8):
+    mask = _equispaced(96, 4, 24)
+    filled = grappa_reconstruct(kspace8, mask)
+    coil_images = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(filled.numpy(), axes=(-2, -1)), norm="ortho"),
+                                  axes=(-2, -1))
+    expected = np.sqrt((np.abs(coil_images) ** 2).sum(0))[16:80, 16:80]
+    img = grappa_image(kspace8, mask, out_shape=(64, 64))
+    assert img.shape == (64, 64) and img.dtype == torch.float32
+    np.testing.assert_allclose(img.numpy(), expected, rtol=1e-4, atol=1e-6 * expected.max())
+    batch = grappa_image(kspace8[None].expand(2, -1, -1, -1), mask, out_shape=(64, 100))
+    assert batch.shape == (2, 64, 100)  # width padded with zeros
+    assert float(batch[:, :, :2].abs().max()) == 0.0
+
+
+def test_bad_inputs_raise(kspace8):
+    mask = _equispaced(96, 4, 24)
+    with pytest.raises(ValueError, match="width"):
+        grappa_reconstruct(kspace8, mask[:-1])
+    no_acs = np.zeros(96)
+    no_acs[1::4] = 1  # centre column 48 unsampled
+    with pytest.raises(ValueError, match="ACS"):
+        grappa_reconstruct(kspace8, no_acs)
+    with pytest.raises(ValueError, match="complex"):
+        grappa_reconstruct(kspace8.abs(), mask)
+    with pytest.raises(ValueError, match="shape"):
+        grappa_reconstruct(kspace8[0], mask)
+    with pytest.raises(ValueError, match="kernel_size"):
+        grappa_reconstruct(kspace8, mask, kernel_size=(4, 4))
+    with pytest.raises(ValueError, match="1-D"):
+        grappa_reconstruct(kspace8, np.ones((2, 96)))
