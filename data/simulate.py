@@ -59,14 +59,14 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.formats import IMAGE_SIZE, write_image_file, write_kspace_file
-from data.grappa import grappa_image
+from data.formats import IMAGE_SIZE
+from data.volumes import rss_image, slice_chunks, volume_images, write_challenge_pair  # noqa: F401 (re-exported)
 from data.masks import make_mask
 from data.phantoms import CoilArray, brain_magnitude, knee_magnitude, make_grid, smooth_phase
 from utils.physics import center_crop_or_pad, fft2c, ifft2c, rss
@@ -98,7 +98,6 @@ NOISE_FLOOR = {"brain": (0.02, 0.06), "knee": (0.02, 0.06)}  # mean background R
 _OBJECT_LEVEL = 0.1  # object pixels for the median: magnitude above this fraction of its maximum
 SLICE_GAP = {"brain": 0.045, "knee": 0.035}  # slice spacing, units (1 unit = 192 px)
 _BRAIN_ROWS = 416  # rows holding the head (2 x 208 px covers its largest extent); the rest is air
-_CHUNK_ELEMENTS = 2**25  # slices per chunk so that one (slices, C, H, W) chunk has at most this many
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,12 +210,6 @@ def _noise_mixing(rng: np.random.Generator, coils: int) -> torch.Tensor:
     return torch.from_numpy(np.linalg.cholesky(cov).astype(np.complex64))
 
 
-def _chunks(slices: int, per_slice: int) -> Iterator[slice]:
-    step = max(1, _CHUNK_ELEMENTS // max(per_slice, 1))
-    for s in range(0, slices, step):
-        yield slice(s, min(s + step, slices))
-
-
 def simulate_kspace(rng: np.random.Generator, anatomy: str, preset: Preset) -> torch.Tensor:
     """Fully sampled multi-coil k-space ``(S, C, H, W)`` complex64 of one random volume.
 
@@ -243,7 +236,7 @@ def simulate_kspace(rng: np.random.Generator, anatomy: str, preset: Preset) -> t
     kspace = torch.empty((S, C, H, W), dtype=torch.complex64)
     level = _OBJECT_LEVEL * float(obj.abs().max())
     inside = []
-    for part in _chunks(S, C * H * W):
+    for part in slice_chunks(S, C * H * W):
         grid = make_grid(z[part], H, W)
         images = coils.maps(grid) * obj[part, None]  # (s, C, H, W)
         crop = center_crop_or_pad(rss(images), (IMAGE_SIZE, IMAGE_SIZE))
@@ -255,7 +248,7 @@ def simulate_kspace(rng: np.random.Generator, anatomy: str, preset: Preset) -> t
         raise RuntimeError(f"simulated {anatomy} volume is empty inside the central {IMAGE_SIZE} pixels")
     kspace *= median / float(values.median())
     sigma = floor * median / np.sqrt(C)
-    for part in _chunks(S, C * H * W):
+    for part in slice_chunks(S, C * H * W):
         n = part.stop - part.start
         white = rng.standard_normal((2, n, C, H * W), dtype=np.float32)
         noise = torch.complex(torch.from_numpy(white[0]), torch.from_numpy(white[1])) * np.float32(sigma / np.sqrt(2))
@@ -268,38 +261,13 @@ def simulate_kspace(rng: np.random.Generator, anatomy: str, preset: Preset) -> t
     return kspace
 
 
-def rss_image(kspace: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """RSS of ``ifft2c(kspace * mask)`` centre-cropped (or padded) to 384x384: float32 ``(S, 384, 384)``."""
-    S, C, H, W = kspace.shape
-    out = torch.empty((S, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.float32)
-    for part in _chunks(S, C * H * W):
-        k = kspace[part] if mask is None else kspace[part] * mask
-        out[part] = center_crop_or_pad(rss(ifft2c(k)), (IMAGE_SIZE, IMAGE_SIZE))
-    return out
-
-
-def volume_images(kspace: torch.Tensor, mask: np.ndarray) -> Dict[str, np.ndarray]:
-    """``image_input`` (zero-filled), ``image_grappa`` and ``image_label`` (full) of fully sampled
-    ``kspace`` ``(S, C, H, W)`` under ``mask`` ``(W,)``: float32 ``(S, 384, 384)`` numpy arrays."""
-    m = torch.from_numpy(np.asarray(mask, np.float32))
-    under = kspace * m
-    return {
-        "image_input": rss_image(under).numpy(),
-        "image_grappa": grappa_image(under, m, out_shape=(IMAGE_SIZE, IMAGE_SIZE)).numpy(),
-        "image_label": rss_image(kspace).numpy(),
-    }
-
-
 def write_volume(root: Path, spec: VolumeSpec, preset: Preset, seed: int) -> Tuple[Path, Path]:
     """Simulate one volume and write its k-space and image files; returns their paths."""
     rng = volume_rng(seed, spec)
     kspace = simulate_kspace(rng, spec.anatomy, preset)
     mask = make_mask("fixed", kspace.shape[-1], spec.acc, None)
-    images = volume_images(kspace, mask)
-    stored = kspace if spec.split == "train" else kspace * torch.from_numpy(mask)
     kpath, ipath = spec.paths(root)
-    write_kspace_file(kpath, stored.numpy(), mask)
-    write_image_file(ipath, images["image_input"], images["image_grappa"], images["image_label"])
+    write_challenge_pair(kpath, ipath, kspace, mask, undersample=spec.split != "train")
     return kpath, ipath
 
 

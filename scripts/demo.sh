@@ -31,7 +31,7 @@ for kind in zero_filled grappa; do
     "$PY" -m data.baselines baseline --kind "$kind" --path_leaderboard_data "$DATA_ROOT/leaderboard" --out "$out"
     "$PY" evaluate.py --path_leaderboard_data "$DATA_ROOT/leaderboard" --path_your_data "$out" \
         --json "$out/leaderboard_ssim.json"
-    score[$kind]=$("$PY" -c 'import json,sys; print(f"{json.load(open(sys.argv[1]))[\"total\"]:.4f}")' "$out/leaderboard_ssim.json")
+    score[$kind]=$("$PY" -c 'import json,sys; print("%.4f" % json.load(open(sys.argv[1]))["total"])' "$out/leaderboard_ssim.json")
 done
 echo
 echo "== demo leaderboard SSIM (Total = mean of acc4 and acc8)"

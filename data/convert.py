@@ -1,0 +1,50 @@
+"""Convert public fastMRI multi-coil files into the challenge layout.
+
+``python -m data.formats convert-fastmri --src DIR --out OUT --anatomy knee --acceleration 4`` writes
+``OUT/kspace/{anatomy}_acc{acc}_{i}.h5`` (the fully sampled k-space and the challenge's fixed mask) and
+``OUT/image/...`` (zero-filled, GRAPPA and fully sampled RSS, 384 x 384, attr ``max``), so training and
+evaluation run on the public data set. Files that are already undersampled (fastMRI test/challenge
+files carry a ``mask``) cannot provide a label and are reported and skipped. One bad file never stops
+the batch; the exit code is 1 if any file failed.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data.formats import FormatError, read_fastmri_file
+from data.masks import make_mask
+from data.volumes import write_challenge_pair
+
+
+def convert_fastmri_file(src: Path, out: Path, anatomy: str, acc: int, index: int) -> Path:
+    """Convert one fully sampled fastMRI file; returns the written k-space path."""
+    data = read_fastmri_file(src)
+    if not np.all(data["mask"] == 1):
+        raise FormatError(src, "mask", "k-space is undersampled (test/challenge file): no fully sampled label")
+    kspace = torch.from_numpy(data["kspace"])
+    mask = make_mask("fixed", kspace.shape[-1], acc)
+    name = f"{anatomy}_acc{acc}_{index}.h5"
+    kpath, _ = write_challenge_pair(out / "kspace" / name, out / "image" / name, kspace, mask, undersample=False)
+    return kpath
+
+
+def convert_fastmri_folder(src: Path, out: Path, anatomy: str, acc: int) -> int:
+    """Convert every ``*.h5`` in ``src`` (sorted, numbered from 1); returns the exit code."""
+    files = sorted(Path(src).glob("*.h5"))
+    if not files:
+        print(f"{src}: -: no .h5 files", file=sys.stderr)
+        return 1
+    failed = 0
+    for index, path in enumerate(tqdm(files, desc="convert", unit="file"), start=1):
+        try:
+            convert_fastmri_file(path, Path(out), anatomy, acc, index)
+        except (FormatError, ValueError) as exc:
+            failed += 1
+            print(str(exc), file=sys.stderr)
+    print(f"converted {len(files) - failed} of {len(files)} files into {out}", file=sys.stderr)
+    return 1 if failed else 0
