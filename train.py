@@ -166,7 +166,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from data.datasets import SliceDataset, VolumeImageDataset, collate_training
     from data.masks import MaskSampler
     from data.transforms import TrainingTransform
-    from models import CLASSIFIERS, build_config, model_entry
+    from models import CLASSIFIERS, OTHER_MODELS, build_config, model_entry
     from utils.engine import EngineConfig, resume_state, shutdown_distributed, train
     from utils.objectives import ClassificationObjective, ReconstructionObjective
 
@@ -208,6 +208,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config = build_config(args.model, args.preset, **hparams)
     model_cls, _ = model_entry(args.model)
     is_classifier = args.model in CLASSIFIERS
+    if args.model in OTHER_MODELS:
+        raise SystemExit(f"error: --model {args.model} has no training objective in train.py")
 
     if is_classifier:
         dataset = VolumeImageDataset([args.data_path_train])

@@ -12,19 +12,25 @@ from torch import nn
 
 from models.anatomy_cnn import AnatomyCNN, AnatomyCNNConfig
 from models.config import ModelConfig
+from models.nnmamba import NNMambaCls, NNMambaClsConfig, NNMambaSeg, NNMambaSegConfig
 from models.promptmr import PromptMR, PromptMRConfig
 from models.varnet import VarNet, VarNetConfig
 
 #: Reconstruction models follow ``forward(masked_kspace, mask, num_low_frequencies=None) -> (B, 384, 384)``;
-#: classifiers ``forward(images (B, S, H, W)) -> logits (B, 2)``.
+#: classifiers ``forward(images (B, S, H, W)) -> logits (B, 2)``; nnmamba_seg is a 2-D/3-D segmentation
+#: network ``(B, C, *spatial) -> (B, classes, *spatial)`` (no training objective in train.py yet).
 MODEL_REGISTRY: Dict[str, Tuple[Type[nn.Module], Type[ModelConfig]]] = {
     "promptmr": (PromptMR, PromptMRConfig),
     "varnet": (VarNet, VarNetConfig),
     "anatomy_cnn": (AnatomyCNN, AnatomyCNNConfig),
+    "nnmamba_cls": (NNMambaCls, NNMambaClsConfig),
+    "nnmamba_seg": (NNMambaSeg, NNMambaSegConfig),
 }
 
 #: Registry names of the brain/knee classifiers (trained with cross-entropy, used for routing).
-CLASSIFIERS = ("anatomy_cnn",)
+CLASSIFIERS = ("anatomy_cnn", "nnmamba_cls")
+#: Registry names that are neither reconstruction models nor routing classifiers.
+OTHER_MODELS = ("nnmamba_seg",)
 
 
 def model_entry(name: str) -> Tuple[Type[nn.Module], Type[ModelConfig]]:

@@ -2,8 +2,10 @@
 
 Works on image-space slices only (``image_grappa`` or ``image_input``), never on file names.
 Each slice is z-score normalised, passed through a small CNN
-(``[3x3 conv -> InstanceNorm -> ReLU -> 2x2 max-pool] x len(channels)``, global average pool,
-linear layer to 2 logits); the volume's logits are the mean of its slices' logits.
+(``[3x3 conv -> InstanceNorm -> ReLU -> 2x2 max-pool] x len(channels)``, adaptive average pool to a
+``pool_grid x pool_grid`` map, flatten, linear layer to 2 logits); the volume's logits are the mean of
+its slices' logits. The pooled grid keeps the spatial layout (a global average of instance-normalised
+features keeps almost none, and learns brain vs knee far more slowly) while accepting any H, W.
 Label 0 is brain, 1 is knee.
 """
 from __future__ import annotations
@@ -31,10 +33,11 @@ class AnatomyCNNConfig(ModelConfig):
 
     in_channels: int = 1
     channels: Tuple[int, ...] = (16, 32, 64)
+    pool_grid: int = 8
 
     PRESETS: ClassVar[Dict[str, Dict[str, Any]]] = {
         "default": {},
-        "tiny": {"channels": (4, 8, 8)},
+        "tiny": {"channels": (4, 8, 8), "pool_grid": 4},
     }
 
     def __post_init__(self) -> None:
@@ -50,6 +53,8 @@ class AnatomyCNNConfig(ModelConfig):
             or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in self.channels)
         ):
             raise ValueError(f"AnatomyCNNConfig: channels must be a non-empty tuple of ints >= 1, got {self.channels!r}")
+        if isinstance(self.pool_grid, bool) or not isinstance(self.pool_grid, int) or self.pool_grid < 1:
+            raise ValueError(f"AnatomyCNNConfig: pool_grid must be an int >= 1, got {self.pool_grid!r}")
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -71,7 +76,8 @@ class AnatomyCNN(nn.Module):
         self.config = config
         widths = (config.in_channels,) + config.channels
         self.features = nn.Sequential(*(_block(a, b) for a, b in zip(widths[:-1], widths[1:])))
-        self.head = nn.Linear(widths[-1], len(LABELS))
+        self.pool = nn.AdaptiveAvgPool2d(config.pool_grid)
+        self.head = nn.Linear(widths[-1] * config.pool_grid**2, len(LABELS))
 
     @staticmethod
     def normalise(images: torch.Tensor) -> torch.Tensor:
@@ -92,7 +98,7 @@ class AnatomyCNN(nn.Module):
         self._check(images)
         b, s, h, w = images.shape
         x = self.normalise(images.float()).reshape(b * s, 1, h, w)
-        features = self.features(x).mean(dim=(-2, -1))  # global average pool, (B*S, channels[-1])
+        features = self.pool(self.features(x)).flatten(1)  # (B*S, channels[-1] * pool_grid**2)
         return self.head(features).reshape(b, s, len(LABELS))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

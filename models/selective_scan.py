@@ -1,0 +1,352 @@
+"""Selective scan (Mamba S6) with three interchangeable backends.
+
+``selective_scan`` follows ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn`` (same
+arguments, tensor layouts and semantics; real ``A`` only)::
+
+    delta' = softplus(delta + delta_bias)            (softplus only if delta_softplus)
+    h_t    = exp(delta'_t A) * h_{t-1} + delta'_t B_t u_t     (per channel d and state n, h_{-1} = 0)
+    y_t    = sum_n C_t[n] h_t[n] + D u_t ;  out = y * silu(z)
+
+Backends:
+
+- ``"cuda"``: mamba-ssm's fused kernel (imported lazily; only when installed and tensors are on CUDA).
+- ``"parallel"``: a chunked parallel scan written here in PyTorch (CPU and GPU). The sequence is cut
+  into blocks of at most ~``_BLOCK_ELEMS`` state elements; inside a block, chunks of ``chunk_size``
+  steps are scanned with a log-depth (Kogge-Stone) scan on the pairs (cumulative decay, state),
+  the chunk end-states are combined by a second log-depth scan over chunks, and the block's final
+  state is carried to the next block by a short loop over blocks. Only ``delta' * A`` is
+  exponentiated (non-positive for Mamba's ``A < 0``); decays in [0, 1] are then only multiplied, so
+  nothing overflows for any magnitude of ``delta * A``. A
+  custom autograd function saves only the inputs and one state per block and recomputes the rest in
+  backward (a reverse scan of the same kind), so memory is O(batch * dim * L) plus one block.
+- ``"sequential"``: the plain reference recurrence (a Python loop over L; used by tests).
+
+``"auto"`` picks cuda when available and applicable, else parallel.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["selective_scan", "selective_scan_sequential", "selective_scan_parallel", "cuda_scan_available", "BACKENDS"]
+
+BACKENDS = ("auto", "cuda", "parallel", "sequential")
+DEFAULT_CHUNK = 16
+# Number of fp32 state elements (batch * dim * steps * d_state) processed at once by the parallel
+# backend on CPU (cache-friendly) and on GPU (few kernel launches).
+_BLOCK_ELEMS = {"cpu": 1 << 20, "cuda": 1 << 26}
+
+Tensor = torch.Tensor
+ScanOut = Union[Tensor, Tuple[Tensor, Tensor]]
+
+
+# ----------------------------------------------------------------------------------------------
+# input checks and layout helpers
+# ----------------------------------------------------------------------------------------------
+def _check_inputs(u, delta, A, B, C, D, z, delta_bias) -> None:
+    """Raise ``ValueError`` naming the argument whose shape/dtype does not fit mamba-ssm's layout."""
+    if u.dim() != 3:
+        raise ValueError(f"selective_scan: u must be (batch, dim, L), got shape {tuple(u.shape)}")
+    batch, dim, length = u.shape
+    if delta.shape != u.shape:
+        raise ValueError(f"selective_scan: delta must have u's shape {tuple(u.shape)}, got {tuple(delta.shape)}")
+    if A.is_complex() or B.is_complex() or C.is_complex():
+        raise ValueError("selective_scan: complex A/B/C are not supported (real A only)")
+    if A.dim() != 2 or A.shape[0] != dim:
+        raise ValueError(f"selective_scan: A must be (dim={dim}, d_state), got {tuple(A.shape)}")
+    d_state = A.shape[1]
+    for name, m in (("B", B), ("C", C)):
+        if m.dim() == 2:
+            ok = tuple(m.shape) == (dim, d_state)
+        elif m.dim() == 3:
+            ok = tuple(m.shape) == (batch, d_state, length)
+        elif m.dim() == 4:
+            ok = m.shape[0] == batch and m.shape[2:] == (d_state, length) and m.shape[1] >= 1 and dim % m.shape[1] == 0
+        else:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"selective_scan: {name} must be (dim, d_state), (batch, d_state, L) or (batch, groups, d_state, L) "
+                f"with dim % groups == 0 (dim={dim}, d_state={d_state}, L={length}), got {tuple(m.shape)}"
+            )
+    if B.dim() == 4 and C.dim() == 4 and B.shape[1] != C.shape[1]:
+        raise ValueError(f"selective_scan: grouped B and C need the same number of groups, got {B.shape[1]} and {C.shape[1]}")
+    for name, v in (("D", D), ("delta_bias", delta_bias)):
+        if v is not None and tuple(v.shape) != (dim,):
+            raise ValueError(f"selective_scan: {name} must be (dim={dim},), got {tuple(v.shape)}")
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f"selective_scan: z must have u's shape {tuple(u.shape)}, got {tuple(z.shape)}")
+
+
+def _groups(B: Tensor, C: Tensor) -> int:
+    """Number of channel groups sharing one variable B/C (1 for 3-D or time-invariant B/C)."""
+    for m in (B, C):
+        if m.dim() == 4:
+            return m.shape[1]
+    return 1
+
+
+def _bc5(m: Tensor, groups: int, dim: int) -> Tensor:
+    """B or C as a view broadcastable to (batch, groups, dim/groups, L, d_state)."""
+    if m.dim() == 2:  # time-invariant (dim, d_state)
+        return m.reshape(1, groups, dim // groups, 1, m.shape[-1])
+    if m.dim() == 3:  # (batch, d_state, L) shared by all channels
+        return m.transpose(-1, -2)[:, None, None]
+    return m.transpose(-1, -2)[:, :, None]  # (batch, groups, d_state, L)
+
+
+def _pre_delta(delta: Tensor, delta_bias: Optional[Tensor], delta_softplus: bool) -> Tensor:
+    """``softplus(delta + bias)`` in fp32 (same threshold-20 softplus as mamba-ssm's kernel)."""
+    delta = delta.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias.float()[:, None]
+    return F.softplus(delta) if delta_softplus else delta
+
+
+def _finish(y: Tensor, u: Tensor, D: Optional[Tensor], z: Optional[Tensor], dtype: torch.dtype) -> Tensor:
+    """``(y + D u) * silu(z)`` cast to the input dtype."""
+    out = y if D is None else y + u * D.float()[:, None]
+    if z is not None:
+        out = out * F.silu(z.float())
+    return out.to(dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# sequential reference
+# ----------------------------------------------------------------------------------------------
+def selective_scan_sequential(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                              return_last_state=False) -> ScanOut:
+    """Reference recurrence, one Python step per time step. Shapes as :func:`selective_scan`."""
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    batch, dim, length = u.shape
+    groups = _groups(B, C)
+    dt = _pre_delta(delta, delta_bias, delta_softplus)
+    uf = u.float()
+    b5, c5 = _bc5(B.float(), groups, dim), _bc5(C.float(), groups, dim)
+    heads = dim // groups
+    dt5 = dt.reshape(batch, groups, heads, length, 1)
+    u5 = uf.reshape(batch, groups, heads, length, 1)
+    decay = torch.exp(dt5 * A.float().reshape(1, groups, heads, 1, -1))  # (b, g, h, L, n)
+    drive = dt5 * u5 * b5
+    h = u.new_zeros((batch, groups, heads, A.shape[1]), dtype=torch.float32)
+    # unbind (not indexing) so that backward costs O(L), not O(L^2)
+    c_steps = c5.unbind(3) if c5.shape[3] > 1 else (c5[:, :, :, 0],) * length
+    ys = []
+    for decay_t, drive_t, c_t in zip(decay.unbind(3), drive.unbind(3), c_steps):
+        h = decay_t * h + drive_t
+        ys.append((h * c_t).sum(-1))
+    y = torch.stack(ys, dim=-1).reshape(batch, dim, length)
+    out = _finish(y, uf, D, z, u.dtype)
+    return (out, h.reshape(batch, dim, -1)) if return_last_state else out
+
+
+# ----------------------------------------------------------------------------------------------
+# parallel scan: core on (..., T, N) tensors, time at dim -2
+# ----------------------------------------------------------------------------------------------
+def _kogge_stone(a: Tensor, b: Tensor, reverse: bool = False) -> Tuple[Tensor, Tensor]:
+    """Inclusive scan of ``h_t = a_t h_{t-1} + b_t`` (h_{-1} = 0) along dim -2, log2(T) steps.
+
+    ``reverse=True`` scans from the end: ``h_t = a_t h_{t+1} + b_t``. Returns ``(P, h)`` with ``P_t``
+    the product of the decays from the scan's start up to and including ``t``. Decays ``a`` lie in
+    [0, 1] for Mamba, so products only shrink (no overflow). Inputs are not modified.
+    """
+    steps = a.shape[-2]
+    k = 1
+    while k < steps:
+        if reverse:
+            dst, src, keep = slice(0, steps - k), slice(k, steps), slice(steps - k, steps)
+        else:
+            dst, src, keep = slice(k, steps), slice(0, steps - k), slice(0, k)
+        new_b, new_a = torch.empty_like(b), torch.empty_like(a)
+        new_b[..., keep, :] = b[..., keep, :]
+        torch.addcmul(b[..., dst, :], a[..., dst, :], b[..., src, :], out=new_b[..., dst, :])
+        new_a[..., keep, :] = a[..., keep, :]
+        torch.mul(a[..., dst, :], a[..., src, :], out=new_a[..., dst, :])
+        a, b = new_a, new_b
+        k *= 2
+    return a, b
+
+
+def _scan_block(a: Tensor, b: Tensor, h0: Tensor, chunk: int, reverse: bool = False) -> Tensor:
+    """States ``h`` (..., T, N) of ``h_t = a_t h_{t-1} + b_t`` entered with ``h0`` (..., N).
+
+    ``T`` must be a multiple of ``chunk``. Chunks are scanned in parallel, their end-states are
+    combined by a scan over chunks, and each chunk adds its decayed entering state.
+    ``reverse=True`` runs time backwards (``h_t = a_t h_{t+1} + b_t``, ``h0`` enters after the end).
+    """
+    steps = a.shape[-2]
+    nc = steps // chunk
+    cum, local = _kogge_stone(a.unflatten(-2, (nc, chunk)), b.unflatten(-2, (nc, chunk)), reverse)
+    end = 0 if reverse else -1  # position where a chunk's full effect is collected
+    first = -1 if reverse else 0  # chunk that receives h0
+    ends = local[..., end, :].clone()  # (..., nc, N)
+    decays = cum[..., end, :]
+    ends[..., first, :] += decays[..., first, :] * h0
+    _, carried = _kogge_stone(decays, ends, reverse)  # full state at each chunk's collecting end
+    h0 = h0.unsqueeze(-2)
+    h_in = torch.cat([carried[..., 1:, :], h0] if reverse else [h0, carried[..., :-1, :]], dim=-2)
+    return torch.addcmul(local, cum, h_in.unsqueeze(-2)).flatten(-3, -2)
+
+
+def _block_len(batch: int, dim: int, n: int, length: int, chunk: int, device: torch.device) -> int:
+    """Steps per block: a multiple of ``chunk`` holding about ``_BLOCK_ELEMS`` state elements."""
+    budget = _BLOCK_ELEMS["cuda" if device.type == "cuda" else "cpu"]
+    steps = max(chunk, (budget // max(1, batch * dim * n)) // chunk * chunk)
+    return min(steps, -(-length // chunk) * chunk)
+
+
+def _pad_time(x: Tensor, steps: int, dim: int, value: float = 0.0) -> Tensor:
+    """Pad ``x`` with ``value`` at the end of time dimension ``dim`` to ``steps`` entries."""
+    missing = steps - x.shape[dim]
+    if missing == 0:
+        return x
+    pad = [0, 0] * (x.dim() - (dim % x.dim()) - 1) + [0, missing]
+    return F.pad(x, pad, value=value)
+
+
+def _time_slice(m: Tensor, t0: int, t1: int, steps: int) -> Tensor:
+    """Steps ``t0:t1`` of a (.., L, N) B/C view (time-invariant ones pass through), zero-padded."""
+    return m if m.shape[3] == 1 else _pad_time(m[:, :, :, t0:t1], steps, 3)
+
+
+class _ParallelScan(torch.autograd.Function):
+    """Core ``y_t = sum_n C_t h_t`` with ``h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t``.
+
+    Inputs (fp32): u, dt (batch, groups, heads, L); A (1, groups, heads, 1, N); b5, c5 broadcastable
+    to (batch, groups, heads, L, N). Outputs y (batch, groups, heads, L) and the last state
+    (batch, groups, heads, N). Gradients flow to every input, including through the last state.
+    Padded steps (dt = 0) have decay 1 and no drive, so they leave the state unchanged.
+    """
+
+    @staticmethod
+    def forward(ctx, u, dt, A, b5, c5, chunk: int, block: int):
+        length = u.shape[-1]
+        h = u.new_zeros(u.shape[:-1] + (A.shape[-1],))
+        starts, ys = [], []
+        for t0 in range(0, length, block):
+            starts.append(h)
+            t1 = min(t0 + block, length)
+            steps = -(-(t1 - t0) // chunk) * chunk
+            dt_b = _pad_time(dt[..., t0:t1], steps, -1).unsqueeze(-1)
+            u_b = _pad_time(u[..., t0:t1], steps, -1).unsqueeze(-1)
+            decay = torch.exp(dt_b * A)  # dt * A <= 0 for Mamba: never overflows
+            states = _scan_block(decay, (dt_b * u_b) * _time_slice(b5, t0, t1, steps), h, chunk)
+            ys.append((states * _time_slice(c5, t0, t1, steps)).sum(-1)[..., : t1 - t0])
+            h = states[..., -1, :]
+        ctx.save_for_backward(u, dt, A, b5, c5, torch.stack(starts))
+        ctx.chunk, ctx.block = chunk, block
+        return torch.cat(ys, dim=-1), h
+
+    @staticmethod
+    def backward(ctx, dy, dlast):
+        u, dt, A, b5, c5, starts = ctx.saved_tensors
+        chunk, block = ctx.chunk, ctx.block
+        length = u.shape[-1]
+        du, ddt = torch.empty_like(u), torch.empty_like(dt)
+        dA = torch.zeros_like(A)
+        db5 = torch.zeros(b5.shape, dtype=b5.dtype, device=b5.device)
+        dc5 = torch.zeros(c5.shape, dtype=c5.dtype, device=c5.device)
+        carry = dlast.float() if dlast is not None else torch.zeros_like(starts[0])
+        block_starts = list(range(0, length, block))
+        for i in reversed(range(len(block_starts))):
+            t0 = block_starts[i]
+            t1 = min(t0 + block, length)
+            n_valid = t1 - t0
+            steps = -(-n_valid // chunk) * chunk
+            dt_b = _pad_time(dt[..., t0:t1], steps, -1).unsqueeze(-1)
+            u_b = _pad_time(u[..., t0:t1], steps, -1).unsqueeze(-1)
+            b_b, c_b = _time_slice(b5, t0, t1, steps), _time_slice(c5, t0, t1, steps)
+            decay = torch.exp(dt_b * A)
+            h0 = starts[i]
+            states = _scan_block(decay, (dt_b * u_b) * b_b, h0, chunk)
+            dy_b = _pad_time(dy[..., t0:t1], steps, -1).unsqueeze(-1)
+            # total dL/dh_t = dy_t C_t + a_{t+1} dL/dh_{t+1}: a reverse scan with decays shifted by one
+            next_decay = _pad_time(decay[..., 1:, :], steps, -2, value=1.0)
+            grad_h = _scan_block(next_decay, dy_b * c_b, carry, chunk, reverse=True)
+            carry = decay[..., 0, :] * grad_h[..., 0, :]
+            prev = torch.cat([h0.unsqueeze(-2), states[..., :-1, :]], dim=-2)
+            dlog_a = grad_h * decay * prev  # dL/d(dt_t A)
+            g_b = (grad_h * b_b).sum(-1)  # sum_n dL/dh_t B_t: (b, g, h, T)
+            dA += (dlog_a * dt_b).sum(dim=(0, 3), keepdim=True)
+            ddt[..., t0:t1] = ((dlog_a * A).sum(-1) + u_b[..., 0] * g_b)[..., :n_valid]
+            du[..., t0:t1] = (dt_b[..., 0] * g_b)[..., :n_valid]
+            d_b = (grad_h * (dt_b * u_b)).sum_to_size(b_b.shape)
+            d_c = (dy_b * states).sum_to_size(c_b.shape)
+            for full, part in ((db5, d_b), (dc5, d_c)):
+                if full.shape[3] == 1:
+                    full += part
+                else:
+                    full[:, :, :, t0:t1] = part[:, :, :, :n_valid]
+        return du, ddt, dA, db5, dc5, None, None
+
+
+def selective_scan_parallel(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                            return_last_state=False, chunk_size: int = DEFAULT_CHUNK) -> ScanOut:
+    """Chunked parallel scan in PyTorch (CPU/GPU). Shapes as :func:`selective_scan`."""
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    if int(chunk_size) < 1:
+        raise ValueError(f"selective_scan: chunk_size must be >= 1, got {chunk_size!r}")
+    batch, dim, length = u.shape
+    n = A.shape[1]
+    groups = _groups(B, C)
+    heads = dim // groups
+    uf = u.float()
+    dt = _pre_delta(delta, delta_bias, delta_softplus)
+    chunk = int(chunk_size)
+    block = _block_len(batch, dim, n, length, chunk, u.device)
+    y, last = _ParallelScan.apply(
+        uf.reshape(batch, groups, heads, length),
+        dt.reshape(batch, groups, heads, length),
+        A.float().reshape(1, groups, heads, 1, n),
+        _bc5(B.float(), groups, dim),
+        _bc5(C.float(), groups, dim),
+        chunk,
+        block,
+    )
+    out = _finish(y.reshape(batch, dim, length), uf, D, z, u.dtype)
+    return (out, last.reshape(batch, dim, n)) if return_last_state else out
+
+
+# ----------------------------------------------------------------------------------------------
+# CUDA (mamba-ssm) and dispatch
+# ----------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def _mamba_ssm_scan():
+    """mamba-ssm's ``selective_scan_fn`` or None when the package (or its CUDA extension) is missing."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn  # type: ignore
+    except Exception:  # ImportError, or a broken CUDA extension raising at import
+        return None
+    return selective_scan_fn
+
+
+def cuda_scan_available(*tensors: Tensor) -> bool:
+    """True when mamba-ssm imports and every given tensor lives on a CUDA device."""
+    return all(t.is_cuda for t in tensors) and torch.cuda.is_available() and _mamba_ssm_scan() is not None
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, backend: str = "auto", chunk_size: int = DEFAULT_CHUNK) -> ScanOut:
+    """Selective scan with mamba-ssm's ``selective_scan_fn`` semantics.
+
+    u, delta: (batch, dim, L); A: (dim, d_state) real; B, C: (batch, d_state, L),
+    (batch, groups, d_state, L) or time-invariant (dim, d_state); D, delta_bias: (dim,);
+    z: (batch, dim, L). Returns out (batch, dim, L) in u's dtype, plus the final state
+    (batch, dim, d_state) fp32 if ``return_last_state``. ``backend``: auto | cuda | parallel |
+    sequential. ``chunk_size`` only affects the parallel backend.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"selective_scan: backend must be one of {BACKENDS}, got {backend!r}")
+    present = [t for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None]
+    if backend in ("auto", "cuda"):
+        if cuda_scan_available(*present) and not A.is_complex():
+            _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+            return _mamba_ssm_scan()(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+        if backend == "cuda":
+            raise RuntimeError("selective_scan: backend='cuda' needs mamba-ssm installed and all tensors on a CUDA device")
+    if backend == "sequential":
+        return selective_scan_sequential(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    return selective_scan_parallel(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size)
