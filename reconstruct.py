@@ -1,0 +1,399 @@
+"""Reconstruct a leaderboard folder with four models (brain/knee x acc4/acc8) routed per volume.
+
+    python reconstruct.py --path_data <Data>/leaderboard --result_path <result> --weights {result,artifacts}
+                          [--artifacts_dir artifacts] [--net_prefix promptmr] [--classifier_net anatomy_cnn]
+                          [--batch_size 4] [--device auto|cpu|cuda] [--no_progress]
+
+For every ``<path_data>/acc{4,8}/kspace/{name}.h5`` (undersampled k-space, mask):
+
+1. routing from the data only (a challenge rule; file and folder names are never used): the anatomy
+   from the classifier on the volume's ``image_grappa`` (``acc{4,8}/image/{name}.h5``), the acceleration
+   from the mask (:func:`data.masks.estimate_acceleration`, spacing outside the ACS, nearest of 4 and 8;
+   a spacing far from both, e.g. 6, goes to the nearest model with a warning);
+2. the image-space height cut of that anatomy (:data:`data.transforms.HEIGHT_CUT`), then the routed model
+   on every slice with its adjacent slices (edges clamped), ``--batch_size`` slices at a time, no gradients;
+3. ``<result>/test_reconstruct/reconstructions_leaderboard/acc{4,8}/{name}.h5`` (key ``reconstruction``,
+   float32 ``(slices, 384, 384)``, written atomically) in the folder the input came from, and
+   ``routing.json`` beside them: per volume the anatomy, classifier confidence, mask spacing, estimated
+   acceleration, model used and seconds, plus the total time against the challenge's 3600 s budget.
+
+Weights (the model configuration always comes from them, never from flags):
+``--weights result``: ``<result>/<net_prefix>_{brain,knee}_acc{4,8}`` and ``<result>/<classifier_net>``, each
+the last epoch of its highest recipe step; ``--weights artifacts``: ``<artifacts_dir>/{brain,knee}_acc{4,8}
+.safetensors`` and ``anatomy_cnn.safetensors`` (:mod:`utils.artifacts`).
+
+A bad volume (corrupt file, no image file, wrong mask width, ...) or a missing model is one error line
+naming the file; every other volume is still reconstructed, no partial output is left behind, and the
+exit status is 1. Usage errors exit with 2.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+REPO = Path(__file__).resolve().parent
+ACC_FOLDERS = ("acc4", "acc8")
+SUPPORTED_ACCELERATIONS = (4, 8)
+BUDGET_SECONDS = 3600.0
+#: A mask spacing further than this (relative) from the routed acceleration is reported as a warning.
+ACC_TOLERANCE = 0.1
+OUTPUT_SUBDIR = Path("test_reconstruct") / "reconstructions_leaderboard"
+ROUTING_FILE = "routing.json"
+CLASSIFIER_ROLE = "classifier"
+
+
+def _default_root(env: str, leaf: str) -> Path:
+    return Path(os.environ.get(env) or REPO.parent / leaf)
+
+
+# --------------------------------------------------------------------------------------------- weights
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A model ready for inference and where it came from."""
+
+    role: str  # "brain_acc4" ... or "classifier"
+    model: Any  # torch.nn.Module in eval mode on the target device
+    info: Any  # utils.artifacts.ArtifactInfo
+    path: str  # checkpoint tag or artifact file
+
+
+class ModelBank:
+    """Loads each role's model on first use (so a missing model fails only the volumes that need it).
+
+    ``locate(role) -> path`` finds the weights (may raise), ``load(path) -> (model, info)`` reads them.
+    A failure is remembered and re-raised for every later volume needing that role.
+    """
+
+    def __init__(self, locate: Callable[[str], Path], load: Callable[[Path], Tuple[Any, Any]]):
+        self._locate, self._load = locate, load
+        self._cache: Dict[str, Any] = {}
+
+    def get(self, role: str) -> LoadedModel:
+        if role not in self._cache:
+            try:
+                self._cache[role] = self._load_role(role)
+            except (ValueError, OSError) as exc:
+                self._cache[role] = exc
+        entry = self._cache[role]
+        if isinstance(entry, Exception):
+            raise entry
+        return entry
+
+    def loaded(self) -> Dict[str, LoadedModel]:
+        return {k: v for k, v in self._cache.items() if isinstance(v, LoadedModel)}
+
+    def _load_role(self, role: str) -> LoadedModel:
+        from models import CLASSIFIERS
+        from utils.artifacts import ArtifactError
+
+        path = self._locate(role)
+        model, info = self._load(path)
+        if role == CLASSIFIER_ROLE:
+            if info.model_name not in CLASSIFIERS:
+                raise ArtifactError(f"{path}: holds {info.model_name!r}, expected a classifier {list(CLASSIFIERS)}")
+        else:
+            anatomy, acc = role.split("_acc")
+            if info.model_name in CLASSIFIERS:
+                raise ArtifactError(f"{path}: holds the classifier {info.model_name!r}, expected a reconstruction model")
+            if (info.anatomy is not None and info.anatomy != anatomy) or (
+                info.acceleration is not None and int(info.acceleration) != int(acc)
+            ):
+                raise ArtifactError(f"{path}: trained for {info.anatomy} acc{info.acceleration}, used for {role}")
+        return LoadedModel(role, model, info, str(path))
+
+
+def make_model_bank(args: argparse.Namespace, device) -> ModelBank:
+    """The :class:`ModelBank` of ``--weights result`` or ``--weights artifacts``."""
+    from utils import artifacts
+
+    stems = {CLASSIFIER_ROLE: artifacts.CLASSIFIER_ARTIFACT}
+    if args.weights == "result":
+        nets = artifacts.result_net_names(args.net_prefix, args.classifier_net)
+        nets[CLASSIFIER_ROLE] = nets.pop(artifacts.CLASSIFIER_ARTIFACT)
+        return ModelBank(
+            lambda role: artifacts.find_result_checkpoint(args.result_path, nets[role]),
+            lambda path: artifacts.load_checkpoint_model(path, device),
+        )
+    return ModelBank(
+        lambda role: Path(args.artifacts_dir) / f"{stems.get(role, role)}{artifacts.SUFFIX}",
+        lambda path: artifacts.load_artifact(path, device),
+    )
+
+
+# --------------------------------------------------------------------------------------------- volumes
+
+
+@dataclasses.dataclass
+class Job:
+    """One leaderboard volume: ``folder`` (acc4/acc8, where the input lies and the output goes) and files."""
+
+    folder: str
+    kspace_path: Path
+    image_path: Path
+    out_path: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.folder}/{self.kspace_path.name}"
+
+
+@dataclasses.dataclass
+class VolumeData:
+    kspace: Any  # complex64 (S, C, H, W)
+    mask: Any  # float32 (W,)
+    grappa: Any  # float32 (S, 384, 384)
+    read_seconds: float
+
+
+@dataclasses.dataclass
+class Routing:
+    """Routing of one volume, decided from the data only."""
+
+    anatomy: str
+    confidence: float
+    acc_spacing: float  # mean gap between sampled columns outside the ACS
+    acs_width: int
+    acceleration: int  # the model's acceleration (nearest supported)
+    warning: Optional[str] = None
+
+    @property
+    def role(self) -> str:
+        return f"{self.anatomy}_acc{self.acceleration}"
+
+
+def find_jobs(path_data: Path, out_root: Path) -> List[Job]:
+    """Every ``acc{4,8}/kspace/*.h5`` under ``path_data``, with its image file and output path."""
+    jobs = []
+    for folder in ACC_FOLDERS:
+        for kspace_path in sorted((path_data / folder / "kspace").glob("*.h5")):
+            jobs.append(Job(folder, kspace_path, path_data / folder / "image" / kspace_path.name,
+                            out_root / folder / kspace_path.name))
+    return jobs
+
+
+def read_volume(job: Job) -> VolumeData:
+    """Read and check a volume's k-space, mask and ``image_grappa``; :class:`FormatError` names the file."""
+    from data.formats import FormatError, KSPACE_KEY, read_image_file, read_kspace_file
+
+    start = time.perf_counter()
+    volume = read_kspace_file(job.kspace_path)
+    if not job.image_path.is_file():
+        raise FormatError(job.kspace_path, "-", f"k-space file has no image file {job.image_path}")
+    grappa = read_image_file(job.image_path, keys=("image_grappa",))["image_grappa"]
+    if grappa.shape[0] != volume.num_slices:
+        raise FormatError(job.kspace_path, KSPACE_KEY,
+                          f"{volume.num_slices} slices but image_grappa of {job.image_path} has {grappa.shape[0]}")
+    return VolumeData(volume.kspace, volume.mask, grappa, time.perf_counter() - start)
+
+
+def route_volume(classifier, grappa, mask, device, path="volume") -> Routing:
+    """Anatomy from ``classifier`` on ``grappa`` ``(S, H, W)``; acceleration from ``mask`` ``(W,)``."""
+    import torch
+
+    from data.formats import FormatError, MASK_KEY
+    from data.masks import estimate_acceleration
+    from models.anatomy_cnn import LABELS
+
+    labels, confidence = classifier.predict(torch.from_numpy(grappa)[None].to(device))
+    try:
+        est = estimate_acceleration(mask, supported=SUPPORTED_ACCELERATIONS, reading="spacing")
+    except ValueError as exc:
+        raise FormatError(path, MASK_KEY, str(exc)) from None
+    acc = int(est.acc)
+    warning = None
+    if not abs(est.spacing / acc - 1) <= ACC_TOLERANCE:
+        warning = (f"{path}: mask: spacing {est.spacing:.2f} outside the ACS matches no model "
+                   f"{list(SUPPORTED_ACCELERATIONS)}; using the nearest, acc{acc}")
+    return Routing(LABELS[int(labels[0])], float(confidence[0]), float(est.spacing), int(est.acs_width), acc, warning)
+
+
+def reconstruct_kspace(model, kspace, mask, anatomy: str, batch_size: int, device):
+    """Height-cut ``kspace`` ``(S, C, H, W)`` for ``anatomy`` and run ``model`` on every slice.
+
+    Returns float32 ``(S, 384, 384)`` as a numpy array.
+    """
+    import torch
+
+    from data.transforms import HEIGHT_CUT, height_cut_kspace
+    from utils.inference import reconstruct_volume
+
+    with torch.inference_mode():
+        mask_t = torch.from_numpy(mask).to(device)
+        k = height_cut_kspace(torch.from_numpy(kspace).to(device), HEIGHT_CUT[anatomy])
+        k = k * mask_t.to(k.dtype)  # exact zeros off the mask after the cut's round trip
+        num_adj = int(getattr(model.config, "num_adj_slices", 1))
+        return reconstruct_volume(model, k, mask_t, num_adj, batch_size=batch_size, device=device).numpy()
+
+
+def process_volume(job: Job, data: VolumeData, bank: ModelBank, args, device) -> Dict[str, Any]:
+    """Route, reconstruct and write one volume; returns its routing record (raises on failure)."""
+    import numpy as np
+
+    from data.formats import IMAGE_SIZE, RECON_KEY, write_reconstruction_file
+
+    start = time.perf_counter()
+    classifier = bank.get(CLASSIFIER_ROLE)
+    routing = route_volume(classifier.model, data.grappa, data.mask, device, job.kspace_path)
+    if routing.warning:
+        _log(f"warning: {routing.warning}")
+    recon_model = bank.get(routing.role)
+    recon = reconstruct_kspace(recon_model.model, data.kspace, data.mask, routing.anatomy, args.batch_size, device)
+    expected = (data.kspace.shape[0], IMAGE_SIZE, IMAGE_SIZE)
+    if recon.shape != expected or not np.isfinite(recon).all():
+        raise ValueError(f"{job.kspace_path}: {recon_model.path} gave {recon.shape} with "
+                         f"{int((~np.isfinite(recon)).sum())} non-finite values, expected finite {expected}")
+    write_reconstruction_file(job.out_path, recon, key=RECON_KEY)
+    return {
+        "anatomy": routing.anatomy,
+        "confidence": round(routing.confidence, 6),
+        "acc_spacing": round(routing.acc_spacing, 4),
+        "acs_width": routing.acs_width,
+        "acceleration": routing.acceleration,
+        "model": routing.role,
+        "weights": recon_model.path,
+        "slices": int(recon.shape[0]),
+        "seconds": round(time.perf_counter() - start, 4),
+        "read_seconds": round(data.read_seconds, 4),
+        "warning": routing.warning,
+    }
+
+
+# --------------------------------------------------------------------------------------------- driver
+
+
+def _log(message: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
+def _remove_stale(path: Path) -> bool:
+    """Remove an output left by an earlier run for a volume that failed now (it would be scored)."""
+    try:
+        path.unlink()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda requested but CUDA is not available")
+    return torch.device(name)
+
+
+def run(args: argparse.Namespace) -> Tuple[Dict[str, Any], int]:
+    """Reconstruct every volume; returns the routing report and the number of failed volumes."""
+    from tqdm import tqdm
+
+    from utils.io import atomic_path
+
+    wall_start = time.perf_counter()
+    device = _resolve_device(args.device)
+    path_data = Path(args.path_data)
+    out_root = Path(args.result_path) / OUTPUT_SUBDIR
+    jobs = find_jobs(path_data, out_root)
+    if not jobs:
+        raise SystemExit(f"error: {path_data}: no .h5 files under acc4/kspace or acc8/kspace")
+    bank = make_model_bank(args, device)
+    records: Dict[str, Dict[str, Any]] = {}
+    failed = 0
+    with ThreadPoolExecutor(max_workers=1) as pool:  # reads the next volume while this one computes
+        pending: Future = pool.submit(read_volume, jobs[0])
+        for i, job in enumerate(tqdm(jobs, desc="reconstruct", unit="vol", disable=args.no_progress, file=sys.stderr)):
+            current = pending
+            if i + 1 < len(jobs):
+                pending = pool.submit(read_volume, jobs[i + 1])
+            try:
+                records[job.name] = {"status": "ok", **process_volume(job, current.result(), bank, args, device)}
+            except (ValueError, OSError, RuntimeError) as exc:
+                failed += 1
+                message = str(exc)
+                if _remove_stale(job.out_path):
+                    message += f" (removed the stale {job.out_path})"
+                records[job.name] = {"status": "error", "error": message}
+                _log(f"error: {message}")
+    total = time.perf_counter() - wall_start
+    report = {
+        "weights": args.weights,
+        "device": str(device),
+        "batch_size": args.batch_size,
+        "models": {role: {"path": m.path, "model_name": m.info.model_name, "epoch": m.info.epoch}
+                   for role, m in sorted(bank.loaded().items())},
+        "volumes": records,
+        "failed": failed,
+        "slices": sum(r.get("slices", 0) for r in records.values()),
+        "total_seconds": round(total, 3),
+        "budget_seconds": BUDGET_SECONDS,
+    }
+    with atomic_path(out_root / ROUTING_FILE) as tmp:
+        tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    return report, failed
+
+
+def summary(report: Dict[str, Any], out_root: Path) -> str:
+    """Human summary: volumes, slices, time against the budget, routing counts."""
+    ok = [r for r in report["volumes"].values() if r["status"] == "ok"]
+    counts: Dict[str, int] = {}
+    for r in ok:
+        counts[r["model"]] = counts.get(r["model"], 0) + 1
+    total, budget = report["total_seconds"], report["budget_seconds"]
+    per_slice = total / report["slices"] if report["slices"] else math.nan
+    verdict = "within" if total <= budget else "OVER"
+    lines = [
+        f"reconstructed {len(ok)}/{len(report['volumes'])} volumes ({report['slices']} slices) on {report['device']} "
+        f"into {out_root}",
+        f"total {total:.1f} s ({per_slice:.3f} s/slice): {100 * total / budget:.1f}% of the {budget:.0f} s budget ({verdict})",
+        "routing: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f"; details in {out_root / ROUTING_FILE}",
+    ]
+    if report["failed"]:
+        lines.append(f"{report['failed']} volume(s) FAILED (see the errors above); exit status 1")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--path_data", type=Path, default=_default_root("DATA_ROOT", "Data") / "leaderboard",
+                        help="leaderboard folder with acc4/ and acc8/, each with kspace/ and image/")
+    parser.add_argument("--result_path", type=Path, default=_default_root("RESULT_ROOT", "result"),
+                        help="outputs go to <result_path>/test_reconstruct/reconstructions_leaderboard")
+    parser.add_argument("--weights", choices=("result", "artifacts"), default="result",
+                        help="checkpoints in --result_path, or exported files in --artifacts_dir")
+    parser.add_argument("--artifacts_dir", type=Path, default=REPO / "artifacts")
+    parser.add_argument("--net_prefix", default="promptmr", help="--weights result: nets <prefix>_{brain,knee}_acc{4,8}")
+    parser.add_argument("--classifier_net", default="anatomy_cnn", help="--weights result: the classifier's net name")
+    parser.add_argument("--batch_size", type=int, default=4, help="slices per forward pass")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
+    if not args.path_data.is_dir():
+        parser.error(f"--path_data {args.path_data}: folder not found")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    report, failed = run(args)
+    print(summary(report, Path(args.result_path) / OUTPUT_SUBDIR))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
