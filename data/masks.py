@@ -157,6 +157,18 @@ def fixed_mask(width: int, acc: int, center_fraction: float = DEFAULT_CENTER_FRA
     return lines.astype(np.float32)
 
 
+def _comb_with_acs(
+    kind: str, width: int, acc: int, rng: Optional[np.random.Generator], center_fraction: float, offset: Optional[int]
+) -> np.ndarray:
+    """Comb ``offset::acc`` (offset drawn from ``[0, acc)`` unless given) plus the ACS; float32 ``(W,)``."""
+    width, acc = _check_width(width), _check_acc(acc, kind)
+    offset = _check_offset(offset, acc, kind)
+    if offset is None:
+        offset = int(_need_rng(rng, kind).integers(0, acc))
+    lines = _comb(width, acc, offset) | center_mask(width, acs_width(width, center_fraction))
+    return lines.astype(np.float32)
+
+
 def random_offset_mask(
     width: int,
     acc: int,
@@ -165,12 +177,7 @@ def random_offset_mask(
     offset: Optional[int] = None,
 ) -> np.ndarray:
     """Challenge ``random_offset`` mask: comb with offset in ``[0, acc)`` plus ACS; float32 ``(W,)``."""
-    width, acc = _check_width(width), _check_acc(acc, "random_offset")
-    offset = _check_offset(offset, acc, "random_offset")
-    if offset is None:
-        offset = int(_need_rng(rng, "random_offset").integers(0, acc))
-    lines = _comb(width, acc, offset) | center_mask(width, acs_width(width, center_fraction))
-    return lines.astype(np.float32)
+    return _comb_with_acs("random_offset", width, acc, rng, center_fraction, offset)
 
 
 def random_spaced_mask(
@@ -252,12 +259,7 @@ def fastmri_equispaced_mask(
     offset: Optional[int] = None,
 ) -> np.ndarray:
     """fastMRI ``equispaced``: comb ``offset::acc``, offset in ``[0, acc)``, plus ACS; float32 ``(W,)``."""
-    width, acc = _check_width(width), _check_acc(acc, "equispaced")
-    offset = _check_offset(offset, acc, "equispaced")
-    if offset is None:
-        offset = int(_need_rng(rng, "equispaced").integers(0, acc))
-    lines = _comb(width, acc, offset) | center_mask(width, acs_width(width, center_fraction))
-    return lines.astype(np.float32)
+    return _comb_with_acs("equispaced", width, acc, rng, center_fraction, offset)
 
 
 def adjusted_step(width: int, n_acs: int, acc: float) -> float:

@@ -3,14 +3,10 @@
 #   simulate (demo preset) -> zero-filled and GRAPPA baselines -> evaluate.py (leaderboard SSIM).
 # Honours DATA_ROOT and RESULT_ROOT (defaults: demo/Data and demo/result inside the checkout, so the
 # demo never writes into a real ../Data). SEED (default 430) selects the synthetic data set.
-set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$REPO"
-# shellcheck source=requirements.sh
-source scripts/requirements.sh
-export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}" WANDB_MODE="${WANDB_MODE:-offline}"
 DATA_ROOT="${DATA_ROOT:-$REPO/demo/Data}"
 RESULT_ROOT="${RESULT_ROOT:-$REPO/demo/result}"
+source "$REPO/scripts/common.sh"
 SEED="${SEED:-430}"
 PY="$MRI_PYTHON"
 

@@ -3,12 +3,6 @@
 # anatomy_cnn.safetensors; see utils/artifacts.py): <RESULT_ROOT>/test_reconstruct/reconstructions_leaderboard.
 # Environment: DATA_ROOT (default ../Data), RESULT_ROOT (default ../result), ARTIFACTS_DIR (default
 # artifacts/ in the checkout). Extra arguments go to reconstruct.py.
-set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$REPO"
-# shellcheck source=requirements.sh
-source scripts/requirements.sh
-DATA_ROOT="${DATA_ROOT:-$REPO/../Data}"
-RESULT_ROOT="${RESULT_ROOT:-$REPO/../result}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 exec "$MRI_PYTHON" reconstruct.py --path_data "$DATA_ROOT/leaderboard" --result_path "$RESULT_ROOT" \
     --weights artifacts --artifacts_dir "${ARTIFACTS_DIR:-$REPO/artifacts}" "$@"

@@ -4,12 +4,6 @@
 # Environment: DATA_ROOT (default ../Data), RESULT_ROOT (default ../result), MODEL (net prefix, default
 # promptmr: nets ${MODEL}_{brain,knee}_acc{4,8} and anatomy_cnn). Extra arguments go to reconstruct.py,
 # e.g. `bash scripts/reconstruct_result.sh --batch_size 8 --device cuda`.
-set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$REPO"
-# shellcheck source=requirements.sh
-source scripts/requirements.sh
-DATA_ROOT="${DATA_ROOT:-$REPO/../Data}"
-RESULT_ROOT="${RESULT_ROOT:-$REPO/../result}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 exec "$MRI_PYTHON" reconstruct.py --path_data "$DATA_ROOT/leaderboard" --result_path "$RESULT_ROOT" \
     --weights result --net_prefix "${MODEL:-promptmr}" "$@"

@@ -12,14 +12,7 @@
 # Step 3: from step 2's last epoch, lr 1e-4 -> 0 at 45; brain adds flipv (delay 30, exp_decay 100);
 #         knee: no augmentation, random masks (random_spaced at acc 4, random_offset at acc 8).
 # demo/tiny shrink the epoch counts (E1/E2/E3 below) and keep the same shape of schedule.
-set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$REPO"
-# shellcheck source=requirements.sh
-source scripts/requirements.sh >/dev/null
-export WANDB_MODE="${WANDB_MODE:-offline}"
-DATA_ROOT="${DATA_ROOT:-$REPO/../Data}"
-RESULT_ROOT="${RESULT_ROOT:-$REPO/../result}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 PRESET="${PRESET:-challenge}"
 MODEL="${MODEL:-promptmr}"
 NUM_WORKERS="${NUM_WORKERS:-4}"
