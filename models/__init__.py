@@ -12,6 +12,7 @@ from torch import nn
 
 from models.anatomy_cnn import AnatomyCNN, AnatomyCNNConfig
 from models.config import ModelConfig
+from models.hifimamba import HiFiMamba, HiFiMambaConfig
 from models.nnmamba import NNMambaCls, NNMambaClsConfig, NNMambaSeg, NNMambaSegConfig
 from models.promptmr import PromptMR, PromptMRConfig
 from models.varnet import VarNet, VarNetConfig
@@ -22,6 +23,7 @@ from models.varnet import VarNet, VarNetConfig
 MODEL_REGISTRY: Dict[str, Tuple[Type[nn.Module], Type[ModelConfig]]] = {
     "promptmr": (PromptMR, PromptMRConfig),
     "varnet": (VarNet, VarNetConfig),
+    "hifimamba": (HiFiMamba, HiFiMambaConfig),
     "anatomy_cnn": (AnatomyCNN, AnatomyCNNConfig),
     "nnmamba_cls": (NNMambaCls, NNMambaClsConfig),
     "nnmamba_seg": (NNMambaSeg, NNMambaSegConfig),

@@ -198,3 +198,15 @@ def test_bad_inputs_fail_before_training(micro, tmp_path, case, words):
     if case == "corrupt_h5":
         assert "brain_acc4_2.h5" in res.stderr
     assert not (tmp_path / "out" / "net" / "checkpoints").exists()
+
+
+def test_bf16_and_zero_stage_options(micro, tmp_path):
+    res = _run(_args(micro, tmp_path, "--bf16", "--zero_stage", "2", "--stop_epoch", "1"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    config = __import__("json").loads((tmp_path / "net" / "checkpoints" / "step1" / "run_config.json").read_text())
+    ds = config["deepspeed"]
+    assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+    assert ds["zero_optimization"]["stage"] == 2 and ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert ds["gradient_accumulation_steps"] == 2 and ds["gradient_clipping"] == 0.01
+    log = np.load(tmp_path / "net" / "loss_log" / "step1" / "loss_log.npy")
+    assert np.isfinite(log).all()
