@@ -39,5 +39,18 @@ if ! "$_py" -c "import deepspeed" >/dev/null 2>&1; then
     DS_BUILD_OPS=0 _pip install --no-build-isolation deepspeed==0.19.8
 fi
 
+# Optional GPU extra (MRI_GPU_EXTRA=1): mamba-ssm's fused selective-scan kernel and causal-conv1d.
+# They build only where CUDA and nvcc are present; nothing requires them (models/selective_scan.py falls
+# back to its own parallel scan), so a failed build is a warning, not an error.
+if [[ "${MRI_GPU_EXTRA:-0}" == 1 ]] && ! "$_py" -c "import mamba_ssm" >/dev/null 2>&1; then
+    if command -v nvcc >/dev/null 2>&1 && "$_py" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+        echo "[requirements] GPU extra: building causal-conv1d==1.7.0 and mamba-ssm==2.3.2.post1"
+        _pip install --no-build-isolation causal-conv1d==1.7.0 mamba-ssm==2.3.2.post1 \
+            || echo "[requirements] warning: the mamba-ssm GPU extra did not build; using the PyTorch scan" >&2
+    else
+        echo "[requirements] warning: MRI_GPU_EXTRA=1 needs CUDA and nvcc; skipped" >&2
+    fi
+fi
+
 export MRI_PYTHON="$_py"
 echo "[requirements] ok: $("$_py" -c 'import torch, sys; print(f"python {sys.version.split()[0]}, torch {torch.__version__}")')"
