@@ -169,7 +169,9 @@ class MICCSS(nn.Module):
         act = self.pre(x)
         b, c = act.shape[:2]
         tokens = act.flatten(2).transpose(1, 2)  # (B, N voxels, C)
-        out = self.mix(tokens).transpose(1, 2).reshape(act.shape) + act
+        # contiguous NCHW: oneDNN conv/BN backward on this channels-last-strided tensor corrupts the heap
+        # (torch 2.13 CPU)
+        out = self.mix(tokens).transpose(1, 2).contiguous().reshape(act.shape) + act
         return self.post(out)
 
 

@@ -156,16 +156,14 @@ def _kogge_stone(a: Tensor, b: Tensor, reverse: bool = False) -> Tuple[Tensor, T
     steps = a.shape[-2]
     k = 1
     while k < steps:
+        # out-of-place: writing into slices of a preallocated buffer (out=) is unsafe with broadcast inputs
+        head, tail = slice(0, steps - k), slice(k, steps)
         if reverse:
-            dst, src, keep = slice(0, steps - k), slice(k, steps), slice(steps - k, steps)
+            b = torch.cat([torch.addcmul(b[..., head, :], a[..., head, :], b[..., tail, :]), b[..., steps - k :, :]], dim=-2)
+            a = torch.cat([a[..., head, :] * a[..., tail, :], a[..., steps - k :, :]], dim=-2)
         else:
-            dst, src, keep = slice(k, steps), slice(0, steps - k), slice(0, k)
-        new_b, new_a = torch.empty_like(b), torch.empty_like(a)
-        new_b[..., keep, :] = b[..., keep, :]
-        torch.addcmul(b[..., dst, :], a[..., dst, :], b[..., src, :], out=new_b[..., dst, :])
-        new_a[..., keep, :] = a[..., keep, :]
-        torch.mul(a[..., dst, :], a[..., src, :], out=new_a[..., dst, :])
-        a, b = new_a, new_b
+            b = torch.cat([b[..., :k, :], torch.addcmul(b[..., tail, :], a[..., tail, :], b[..., head, :])], dim=-2)
+            a = torch.cat([a[..., :k, :], a[..., tail, :] * a[..., head, :]], dim=-2)
         k *= 2
     return a, b
 

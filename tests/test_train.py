@@ -153,8 +153,9 @@ def test_kill_and_resume_matches_uninterrupted(micro, tmp_path):
     assert np.array_equal(ref_log, res_log)
 
 
-def test_classifier_trains_through_the_same_entry_point(micro, tmp_path):
-    args = ["--net_name", "cnn", "--model", "anatomy_cnn", "--preset", "tiny", "--data_path_train", str(micro / "train"),
+@pytest.mark.parametrize("model", ["anatomy_cnn", "nnmamba_cls"])
+def test_classifier_trains_through_the_same_entry_point(micro, tmp_path, model):
+    args = ["--net_name", "cnn", "--model", model, "--preset", "tiny", "--data_path_train", str(micro / "train"),
             "--result_path", str(tmp_path), "--num_epochs", "2", "--warmup_epochs", "0", "--num_workers", "0",
             "--max_lr", "1e-3", "--gradient_accumulation_steps", "1"]
     res = _run(args)
