@@ -64,6 +64,7 @@ def build_parser(model_name: Optional[str]) -> argparse.ArgumentParser:
                      help="torch.use_deterministic_algorithms(True) and CUBLAS_WORKSPACE_CONFIG=:16:8")
     run.add_argument("--num_workers", type=int, default=2)
     run.add_argument("--log_every", type=int, default=10, help="wandb iteration logging interval")
+    run.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     data = parser.add_argument_group("data")
     data.add_argument("--task", choices=("brain", "knee"), help="anatomy (reconstruction models)")
     data.add_argument("--acceleration", type=int, default=4)
@@ -248,10 +249,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )
     finally:
         shutdown_distributed()
-    print(
-        f"[train] done: epochs up to {result.last_epoch}, last checkpoint {result.checkpoint}, "
-        f"{result.samples_per_second:.2f} samples/s"
-    )
+    if result.rank == 0:
+        print(
+            f"[train] done: epochs up to {result.last_epoch}, last checkpoint {result.checkpoint}, "
+            f"{result.samples_per_second:.2f} samples/s (all ranks)"
+        )
     return 0
 
 

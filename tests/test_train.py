@@ -211,3 +211,18 @@ def test_bf16_and_zero_stage_options(micro, tmp_path):
     assert ds["gradient_accumulation_steps"] == 2 and ds["gradient_clipping"] == 0.01
     log = np.load(tmp_path / "net" / "loss_log" / "step1" / "loss_log.npy")
     assert np.isfinite(log).all()
+
+
+def test_two_ranks_each_read_their_share(micro, tmp_path):
+    """torchrun with 2 CPU processes (gloo): ZeRO-1 shards the optimizer state over both ranks."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000), "train.py",
+           *_args(micro, tmp_path)]
+    res = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    tag = tmp_path / "net" / "checkpoints" / "step1" / "epoch-2"
+    assert (tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt").is_file()
+    assert (tag / "zero_pp_rank_1_mp_rank_00_optim_states.pt").is_file()
+    assert res.stdout.count("[train] done") == 1
+    log = np.load(tmp_path / "net" / "loss_log" / "step1" / "loss_log.npy")
+    assert log.shape == (2, 2) and np.isfinite(log).all()

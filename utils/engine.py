@@ -292,6 +292,7 @@ class WandbLogger:
 
 @dataclasses.dataclass
 class TrainResult:
+    rank: int
     last_epoch: int
     losses: List[float]
     checkpoint: Optional[Path]
@@ -451,4 +452,4 @@ def train(
     finally:
         logger.finish()
     seconds = time.perf_counter() - t0
-    return TrainResult(cfg.stop_epoch, losses, last_tag, seconds, samples / max(seconds, 1e-9))
+    return TrainResult(rank, cfg.stop_epoch, losses, last_tag, seconds, samples / max(seconds, 1e-9))
