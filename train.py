@@ -16,7 +16,7 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 REPO = Path(__file__).resolve().parent
 
@@ -161,8 +161,6 @@ def leaderboard_validation(folder, anatomy: str, num_adj_slices: int):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "offline")
-    import torch  # noqa: F401  (heavy imports after argument errors)
-
     from data.augment import AugmentConfig, MRAugment
     from data.datasets import SliceDataset, VolumeImageDataset, collate_training
     from data.masks import MaskSampler

@@ -9,15 +9,6 @@ import torch
 from models.anatomy_cnn import LABELS, AnatomyCNN, AnatomyCNNConfig
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster and avoids oversubscribing a shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _model(preset="tiny", seed=0) -> AnatomyCNN:
     torch.manual_seed(seed)
     return AnatomyCNN(AnatomyCNNConfig.from_dict({}, preset=preset))

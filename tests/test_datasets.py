@@ -1,5 +1,4 @@
 """Training samples: adjacent slices, height cut, on-the-fly masks, augmentation, sharded sampling."""
-import numpy as np
 import pytest
 import torch
 

@@ -18,14 +18,6 @@ from utils import physics
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _mask(batch: int, width: int, acs: int = 5, acc: int = 3) -> torch.Tensor:
     """(B, W) float mask: ``acs`` centred lines plus every ``acc``-th line (offset per element)."""
     mask = torch.zeros(batch, width)

@@ -9,15 +9,6 @@ from torch import nn
 from models.promptmr import PromptMR, PromptMRCascade, PromptMRConfig, acs_column_mask
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny convolutions are dominated by OpenMP hand-off costs on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_model(seed: int = 0, **overrides) -> PromptMR:
     torch.manual_seed(seed)
     return PromptMR(PromptMRConfig.from_dict(overrides, preset="tiny"))

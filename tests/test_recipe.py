@@ -1,10 +1,8 @@
 """The staged recipe scripts (PRESET=tiny) and the classifier on simulated volumes."""
 import os
 import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -56,10 +54,7 @@ def test_recipe_rejects_bad_arguments(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_sim(tmp_path_factory):
     out = tmp_path_factory.mktemp("sim") / "Data"
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     generate_dataset(out, preset="tiny", seed=5, progress=False)
-    torch.set_num_threads(n)
     return out
 
 

@@ -8,14 +8,6 @@ from models import CLASSIFIERS, MODEL_REGISTRY, OTHER_MODELS, build_config, buil
 RECONSTRUCTION = sorted(set(MODEL_REGISTRY) - set(CLASSIFIERS) - set(OTHER_MODELS))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _kspace(B, S, C, H, W, seed=0):
     g = torch.Generator().manual_seed(seed)
     k = torch.randn(B, S, C, H, W, dtype=torch.complex64, generator=g)

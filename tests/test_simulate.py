@@ -24,12 +24,7 @@ THRESHOLD = {"brain": 5e-5, "knee": 2e-5}  # leaderboard foreground thresholds
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("Data")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        sim.generate_dataset(root, "tiny", SEED, progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    sim.generate_dataset(root, "tiny", SEED, progress=False)
     return root
 
 
@@ -249,14 +244,9 @@ def test_slices_vary_smoothly(tree):
 
 def test_volumes_are_deterministic_and_order_independent(tree, tmp_path):
     specs = [sim.VolumeSpec("train", "knee", 8, 2), sim.VolumeSpec("leaderboard", "brain", 4, 1)]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for spec in specs:  # regenerated alone, out of order: bit-identical to the full run
-            sim.write_volume(tmp_path / "same", spec, PRESET, SEED)
-        sim.write_volume(tmp_path / "other", specs[0], PRESET, SEED + 1)
-    finally:
-        torch.set_num_threads(threads)
+    for spec in specs:  # regenerated alone, out of order: bit-identical to the full run
+        sim.write_volume(tmp_path / "same", spec, PRESET, SEED)
+    sim.write_volume(tmp_path / "other", specs[0], PRESET, SEED + 1)
     for spec in specs:
         for ref, new in zip(spec.paths(tree), spec.paths(tmp_path / "same")):
             a, b = _read(ref), _read(new)

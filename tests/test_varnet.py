@@ -11,15 +11,6 @@ from models.varnet import VarNet, VarNetCascade, VarNetConfig
 from utils import physics
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster and avoids oversubscribing a shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _mask(batch: int, width: int, acs: int = 5, acc: int = 3, seed: int = 0) -> torch.Tensor:
     """(B, W) float mask: ``acs`` centred lines plus every ``acc``-th line from a random offset."""
     gen = torch.Generator().manual_seed(seed)
