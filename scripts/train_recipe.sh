@@ -11,7 +11,8 @@
 #         translation 5%, shearing 5 deg, scaling 10%, weight 0.5 each, delay 15, exp_decay 10).
 # Step 3: from step 2's last epoch, lr 1e-4 -> 0 at 45; brain adds flipv (delay 30, exp_decay 100);
 #         knee: no augmentation, random masks (random_spaced at acc 4, random_offset at acc 8).
-# demo/tiny shrink the epoch counts (E1/E2/E3 below) and keep the same shape of schedule.
+# demo/tiny shrink the epoch counts (E1/E2/E3 below) and keep the same shape of schedule; demo raises the
+# learning rates (LR1..LR3) for its small model.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 PRESET="${PRESET:-challenge}"
 MODEL="${MODEL:-promptmr}"
@@ -19,10 +20,12 @@ NUM_WORKERS="${NUM_WORKERS:-4}"
 NUM_GPUS="${NUM_GPUS:-1}"
 SEED="${SEED:-430}"
 
+# LR1..LR3: the steps' max learning rates. The demo's small model learns faster with larger steps
+# (brain acc 4, demo data: validation SSIM 0.912/0.925 after epochs 1/2 at 1e-3 vs 0.894/0.913 at 3e-4).
 case "$PRESET" in
-    challenge) E1=15 P1=20 E2=30 P2=35 E3=45 WARM=1 CNN_EPOCHS=5 CNN_PRESET=default ;;
-    demo)      E1=3  P1=4  E2=6  P2=7  E3=9  WARM=1 CNN_EPOCHS=3 CNN_PRESET=default ;;
-    tiny)      E1=1  P1=2  E2=2  P2=3  E3=3  WARM=1 CNN_EPOCHS=1 CNN_PRESET=tiny ;;
+    challenge) E1=15 P1=20 E2=30 P2=35 E3=45 WARM=1 CNN_EPOCHS=5 CNN_PRESET=default LR1=3e-4 LR2=2e-4 LR3=1e-4 ;;
+    demo)      E1=3  P1=4  E2=6  P2=7  E3=9  WARM=1 CNN_EPOCHS=3 CNN_PRESET=default LR1=1e-3 LR2=7e-4 LR3=3e-4 ;;
+    tiny)      E1=1  P1=2  E2=2  P2=3  E3=3  WARM=1 CNN_EPOCHS=1 CNN_PRESET=tiny    LR1=3e-4 LR2=2e-4 LR3=1e-4 ;;
     *) echo "error: PRESET must be challenge, demo or tiny, got '$PRESET'" >&2; exit 2 ;;
 esac
 
@@ -53,10 +56,10 @@ aug=(--aug_on --aug_strength 0.55 --aug_weight_fliph 0.5 --aug_weight_translatio
      --aug_max_shearing_x 5 --aug_max_shearing_y 5 --aug_weight_scaling 0.5 --aug_max_scaling 0.1)
 
 case "$step" in
-    1) exec "${run[@]}" --step 1 --preset "$PRESET" --mask_type fixed --max_lr 3e-4 --min_lr 0 \
+    1) exec "${run[@]}" --step 1 --preset "$PRESET" --mask_type fixed --max_lr "$LR1" --min_lr 0 \
            --warmup_epochs "$WARM" --num_epochs "$P1" --stop_epoch "$E1" "$@" ;;
     2) exec "${run[@]}" --step 2 --restart_from_checkpoint "$ckpt/step1/epoch-$E1" --continue_lr_scheduler false \
-           --mask_type fixed --max_lr 2e-4 --min_lr 0 --warmup_epochs 0 --num_epochs "$P2" --stop_epoch "$E2" \
+           --mask_type fixed --max_lr "$LR2" --min_lr 0 --warmup_epochs 0 --num_epochs "$P2" --stop_epoch "$E2" \
            "${aug[@]}" --aug_delay "$E1" --aug_exp_decay 10 "$@" ;;
     3) if [[ "$anatomy" == brain ]]; then
            extra=("${aug[@]}" --aug_weight_flipv 0.5 --aug_delay "$E2" --aug_exp_decay 100 --mask_type fixed)
@@ -66,6 +69,6 @@ case "$step" in
            extra=(--mask_type random_offset)
        fi
        exec "${run[@]}" --step 3 --restart_from_checkpoint "$ckpt/step2/epoch-$E2" --continue_lr_scheduler false \
-           --max_lr 1e-4 --min_lr 0 --warmup_epochs 0 --num_epochs "$E3" --stop_epoch "$E3" "${extra[@]}" "$@" ;;
+           --max_lr "$LR3" --min_lr 0 --warmup_epochs 0 --num_epochs "$E3" --stop_epoch "$E3" "${extra[@]}" "$@" ;;
     *) echo "error: step must be 1, 2 or 3" >&2; exit 2 ;;
 esac
