@@ -216,7 +216,31 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=None, help="also write the scores (total, per acceleration, per volume) here")
     parser.add_argument("--workers", type=int, default=None, help="volumes scored in parallel (None: usable cores, at most 8)")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--figures", type=Path, default=None,
+                        help="also write PNGs (zero-filled | GRAPPA | reconstruction | target | error) here")
+    parser.add_argument("--figure_volumes", type=int, default=1,
+                        help="volumes per anatomy and acceleration drawn with --figures")
     return parser.parse_args(argv)
+
+
+def write_figures(leaderboard_dir: Path, recon_dir: Path, out_dir: Path, output_key: str, per_group: int) -> List[Path]:
+    """The middle slice of the first ``per_group`` volumes of each anatomy and acceleration, as PNGs."""
+    from utils.figures import save_comparison
+
+    written = []
+    for acc, pairs in volume_pairs(leaderboard_dir, recon_dir).items():
+        chosen = [p for anatomy in ("brain", "knee") for p in [q for q in pairs if q[0].name.startswith(anatomy)][:per_group]]
+        for label_file, recon_file in chosen:
+            images = read_image_file(label_file)
+            recon = read_reconstruction_file(recon_file, output_key)
+            s = recon.shape[0] // 2
+            target = images[LABEL_KEY][s]
+            fg = leaderboard_foreground_mask(images[LABEL_KEY][s : s + 1], anatomy_from_name(label_file))
+            panels = {"zero-filled": images["image_input"][s], "GRAPPA": images["image_grappa"][s], "reconstruction": recon[s]}
+            scores = {n: float(leaderboard_ssim(p[None], target[None], images["max"], fg)[0]) for n, p in panels.items()}
+            name = f"{acc}_{label_file.stem}_slice{s}.png"
+            written.append(save_comparison(out_dir / name, panels, target, f"{acc}/{label_file.stem} slice {s}", scores))
+    return written
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -234,6 +258,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(format_report(result))
     if args.json is not None:
         write_json(result, args.json)
+    if args.figures is not None:
+        figures = write_figures(args.path_leaderboard_data, args.path_your_data, args.figures, args.output_key,
+                                args.figure_volumes)
+        print(f"{len(figures)} figure(s) written to {args.figures}")
     return 0
 
 
