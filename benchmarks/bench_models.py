@@ -9,6 +9,8 @@ adjacent slices x ``coils`` x H x W complex k-space, batch size 1.
     python benchmarks/bench_models.py                       # CPU default: 4 coils x 3 adj x 192 x 200
     python benchmarks/bench_models.py --coils 4 --height 384 --width 396 --only promptmr:challenge
     python benchmarks/bench_models.py --device cuda         # adds the 8 GB check (16 x 3 x 384 x 396)
+    python benchmarks/bench_models.py --threads 1 --adj 1 --width 192 \
+        --only hifimamba:tiny,hifimamba:demo,hifimamba:p2,promptmr:challenge   # HiFi-Mamba vs PromptMR+
 """
 from __future__ import annotations
 
@@ -129,7 +131,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--warmup", type=int, default=None, help="default: 0 on CPU, 2 on CUDA")
     p.add_argument("--iters", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per worker (default: torch's)")
-    p.add_argument("--only", default=None, help="comma list of model:preset (e.g. promptmr:challenge,varnet)")
+    p.add_argument("--only", default=None, help="comma list of registry model:preset to run instead of the "
+                   "defaults (e.g. promptmr:challenge,varnet,hifimamba:p2)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per variant")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -142,12 +145,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             "coils": args.coils or (16 if cuda else 4), "height": args.height or (384 if cuda else 192),
             "width": args.width or (396 if cuda else 200), "warmup": args.warmup if args.warmup is not None
             else (2 if cuda else 0)}
-    wanted = None if args.only is None else {s.strip() for s in args.only.split(",")}
+    variants = VARIANTS
+    if args.only is not None:  # any registry model:preset, e.g. hifimamba:p2
+        variants = [(*(item.strip().split(":", 1) + [None])[:2], {}) for item in args.only.split(",")]
     specs = []
-    for model, preset, hp in VARIANTS:
-        key = f"{model}:{preset}" if preset else model
-        if wanted is not None and key not in wanted and model not in wanted:
-            continue
+    for model, preset, hp in variants:
         for ckpt in (False, True):
             specs.append(dict(base, model=model, preset=preset, hparams=hp, checkpoint=ckpt))
     if cuda:  # the 8 GB question: challenge preset at 16 coils x 3 adj x 384 x 396
