@@ -224,13 +224,12 @@ def reconstruct_kspace(model, kspace, mask, anatomy: str, batch_size: int, devic
     """
     import torch
 
-    from data.transforms import HEIGHT_CUT, height_cut_kspace
+    from data.transforms import undersampled_model_input
     from utils.inference import reconstruct_volume
 
     with torch.inference_mode():
         mask_t = torch.from_numpy(mask).to(device)
-        k = height_cut_kspace(torch.from_numpy(kspace).to(device), HEIGHT_CUT[anatomy])
-        k = k * mask_t.to(k.dtype)  # exact zeros off the mask after the cut's round trip
+        k = undersampled_model_input(torch.from_numpy(kspace).to(device), mask_t, anatomy)
         num_adj = int(getattr(model.config, "num_adj_slices", 1))
         return reconstruct_volume(model, k, mask_t, num_adj, batch_size=batch_size, device=device).numpy()
 

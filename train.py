@@ -133,7 +133,7 @@ def leaderboard_validation(folder, anatomy: str, num_adj_slices: int):
     import torch
 
     from data.formats import anatomy_from_name, read_image_file, read_kspace_file
-    from data.transforms import HEIGHT_CUT, height_cut_kspace
+    from data.transforms import undersampled_model_input
     from utils.inference import reconstruct_volume
     from utils.metrics import leaderboard_foreground_mask, leaderboard_ssim
 
@@ -148,8 +148,9 @@ def leaderboard_validation(folder, anatomy: str, num_adj_slices: int):
         scores = []
         for path in files:
             vol = read_kspace_file(path)
-            kspace = height_cut_kspace(torch.from_numpy(vol.kspace), HEIGHT_CUT[anatomy])
-            recon = reconstruct_volume(model, kspace, torch.from_numpy(vol.mask), num_adj_slices, device=device).numpy()
+            mask = torch.from_numpy(vol.mask)
+            kspace = undersampled_model_input(torch.from_numpy(vol.kspace), mask, anatomy)
+            recon = reconstruct_volume(model, kspace, mask, num_adj_slices, device=device).numpy()
             target, max_value = labels[path]["image_label"], labels[path]["max"]
             fg = leaderboard_foreground_mask(target, anatomy)
             scores.append(leaderboard_ssim(recon, target, max_value, fg))

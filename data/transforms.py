@@ -33,6 +33,14 @@ def height_cut_kspace(kspace: torch.Tensor, rows: int) -> torch.Tensor:
     return fft2c(height_cut_images(ifft2c(kspace), rows))
 
 
+def undersampled_model_input(kspace: torch.Tensor, mask: torch.Tensor, anatomy: str) -> torch.Tensor:
+    """Leaderboard k-space ``(S, C, H, W)`` (zeros off ``mask`` ``(W,)``) as a model sees it: the anatomy's
+    image-space height cut, then exact zeros off the mask again (the cut's FFT round trip leaves tiny
+    values there). Used identically by reconstruction and by training-time validation."""
+    k = height_cut_kspace(kspace, HEIGHT_CUT[anatomy])
+    return k * mask.to(device=k.device, dtype=k.dtype)
+
+
 def rss_target(images: torch.Tensor, size: int = TARGET_SIZE) -> torch.Tensor:
     """RSS over coils of coil images ``(C, H, W)``, centre-cropped/padded to ``(size, size)``."""
     return center_crop_or_pad(rss(images, dim=-3), (size, size))
