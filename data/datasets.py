@@ -28,6 +28,7 @@ from data.formats import (
     kspace_shape,
     open_h5,
     read_image_file,
+    read_max_attr,
     require_dataset,
 )
 from data.transforms import TrainingSample, TrainingTransform
@@ -71,13 +72,9 @@ def _index_volumes(folder: Path, anatomy: Optional[str]) -> List[_Volume]:
         shape = kspace_shape(kpath)
         with open_h5(ipath) as f:
             label_slices = require_dataset(f, ipath, "image_label").shape[0]
-            if "max" not in f.attrs:
-                raise FormatError(ipath, "attr max", "missing attribute")
-            max_value = float(np.asarray(f.attrs["max"]))
+            max_value = read_max_attr(f, ipath)
         if label_slices != shape[0]:
             raise FormatError(kpath, "kspace", f"{shape[0]} slices but {ipath.name} has {label_slices}")
-        if not np.isfinite(max_value) or max_value <= 0:
-            raise FormatError(ipath, "attr max", f"must be a positive finite number, got {max_value}")
         volumes.append(_Volume(kpath, ipath, name_anatomy, shape[0], max_value))
     if not volumes:
         raise FileNotFoundError(f"{folder / 'kspace'}: no {anatomy or ''} .h5 files")

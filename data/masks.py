@@ -395,7 +395,9 @@ class AccelerationEstimate:
 
     ``acs_left``/``acs_right``: half-open contiguous sampled block around ``W // 2`` (it includes
     any sampled column adjacent to the nominal ACS). ``spacing``: mean gap between consecutive
-    sampled columns outside that block (challenge meaning of acc). ``ratio``: ``W / n_sampled``
+    sampled columns outside that block (challenge meaning of acc); ``inf`` when only that block is
+    sampled (no acceleration can be read: :func:`data.formats.read_kspace_file` rejects such masks, and
+    ``inf`` is not JSON, so report it as null). ``ratio``: ``W / n_sampled``
     (fastMRI meaning). ``gap_cv``: std/mean of those gaps (nan if fewer than two gaps).
     ``reading``: ``"spacing"`` or ``"total"``, the quantity matched to ``supported``.
     ``acc``: the supported acceleration nearest (in log scale) to that quantity.

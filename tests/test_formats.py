@@ -17,6 +17,7 @@ def _kspace(S=2, C=3, H=8, W=10, seed=0):
     k = (rng.standard_normal((S, C, H, W)) + 1j * rng.standard_normal((S, C, H, W))).astype(np.complex64)
     mask = np.zeros(W, np.float32)
     mask[::2] = 1
+    mask[W // 2] = 1  # the centre line (ACS) every challenge mask has
     return k, mask
 
 
