@@ -24,7 +24,9 @@ the last epoch of its highest recipe step; ``--weights artifacts``: ``<artifacts
 
 A bad volume (corrupt file, no image file, wrong mask width, ...) or a missing model is one error line
 naming the file; every other volume is still reconstructed, no partial output is left behind, and the
-exit status is 1. Usage errors exit with 2.
+exit status is 1; ``routing.json`` is always written (valid JSON) unless its own write fails, which is
+one more error line and exit status 1. Usage errors exit with 2, among them an output location that
+cannot be used (``--result_path`` a file, under a file, or not writable), checked before any work.
 """
 from __future__ import annotations
 
@@ -182,17 +184,16 @@ def find_jobs(path_data: Path, out_root: Path) -> List[Job]:
 
 
 def read_volume(job: Job) -> VolumeData:
-    """Read and check a volume's k-space, mask and ``image_grappa``; :class:`FormatError` names the file."""
-    from data.formats import FormatError, KSPACE_KEY, read_image_file, read_kspace_file
+    """Read and check a volume's k-space, mask and ``image_grappa``; :class:`FormatError` names the file.
+
+    Both headers are checked against each other first (declared sizes within the readers' limits, mask
+    width = k-space width, slices = ``image_grappa`` slices), so a hostile header is rejected unread."""
+    from data.formats import check_pair, read_image_file, read_kspace_file
 
     start = time.perf_counter()
+    check_pair(job.kspace_path, job.image_path, key="image_grappa")
     volume = read_kspace_file(job.kspace_path)
-    if not job.image_path.is_file():
-        raise FormatError(job.kspace_path, "-", f"k-space file has no image file {job.image_path}")
     grappa = read_image_file(job.image_path, keys=("image_grappa",))["image_grappa"]
-    if grappa.shape[0] != volume.num_slices:
-        raise FormatError(job.kspace_path, KSPACE_KEY,
-                          f"{volume.num_slices} slices but image_grappa of {job.image_path} has {grappa.shape[0]}")
     return VolumeData(volume.kspace, volume.mask, grappa, time.perf_counter() - start)
 
 
@@ -209,6 +210,9 @@ def route_volume(classifier, grappa, mask, device, path="volume") -> Routing:
         est = estimate_acceleration(mask, supported=SUPPORTED_ACCELERATIONS, reading="spacing")
     except ValueError as exc:
         raise FormatError(path, MASK_KEY, str(exc)) from None
+    if not math.isfinite(est.spacing):  # only the ACS is sampled (the readers reject such masks too)
+        raise FormatError(path, MASK_KEY, f"only the {est.acs_width} ACS lines are sampled, none outside: "
+                                          "the acceleration is undefined")
     acc = int(est.acc)
     warning = None
     if not abs(est.spacing / acc - 1) <= ACC_TOLERANCE:
@@ -276,6 +280,27 @@ def _log(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
+def _error_line(job: Job, exc: BaseException) -> str:
+    """One line for a failed volume that always names its k-space file."""
+    message = " ".join(str(exc).split()) or exc.__class__.__name__
+    if isinstance(exc, MemoryError):
+        message = f"out of memory ({message})"
+    if str(job.kspace_path) not in message and str(job.image_path) not in message and str(job.out_path) not in message:
+        message = f"{job.kspace_path}: {message}"
+    return message
+
+
+def _json_safe(value):
+    """``value`` with every non-finite float replaced by None (JSON has no inf/NaN)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _remove_stale(path: Path) -> bool:
     """Remove an output left by an earlier run for a volume that failed now (it would be scored)."""
     try:
@@ -319,9 +344,9 @@ def run(args: argparse.Namespace) -> Tuple[Dict[str, Any], int]:
                 pending = pool.submit(read_volume, jobs[i + 1])
             try:
                 records[job.name] = {"status": "ok", **process_volume(job, current.result(), bank, args, device)}
-            except (ValueError, OSError, RuntimeError) as exc:
+            except (ValueError, OSError, RuntimeError, MemoryError) as exc:
                 failed += 1
-                message = str(exc)
+                message = _error_line(job, exc)
                 if _remove_stale(job.out_path):
                     message += f" (removed the stale {job.out_path})"
                 records[job.name] = {"status": "error", "error": message}
@@ -339,8 +364,12 @@ def run(args: argparse.Namespace) -> Tuple[Dict[str, Any], int]:
         "total_seconds": round(total, 3),
         "budget_seconds": BUDGET_SECONDS,
     }
-    with atomic_path(out_root / ROUTING_FILE) as tmp:
-        tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    try:
+        with atomic_path(out_root / ROUTING_FILE) as tmp:
+            tmp.write_text(json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n")
+    except OSError as exc:
+        report["routing_error"] = str(exc)
+        _log(f"error: {exc}")
     return report, failed
 
 
@@ -361,6 +390,8 @@ def summary(report: Dict[str, Any], out_root: Path) -> str:
     ]
     if report["failed"]:
         lines.append(f"{report['failed']} volume(s) FAILED (see the errors above); exit status 1")
+    if report.get("routing_error"):
+        lines.append(f"{ROUTING_FILE} NOT written: {report['routing_error']}; exit status 1")
     return "\n".join(lines)
 
 
@@ -384,6 +415,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
     if not args.path_data.is_dir():
         parser.error(f"--path_data {args.path_data}: folder not found")
+    from utils.io import prepare_output_dir
+
+    try:  # output locations first: a bad --result_path fails before any volume is read
+        prepare_output_dir(args.result_path / OUTPUT_SUBDIR)
+    except OSError as exc:
+        parser.error(f"--result_path: {exc}")
     return args
 
 
@@ -391,7 +428,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     report, failed = run(args)
     print(summary(report, Path(args.result_path) / OUTPUT_SUBDIR))
-    return 1 if failed else 0
+    return 1 if failed or report.get("routing_error") else 0
 
 
 if __name__ == "__main__":

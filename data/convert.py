@@ -4,8 +4,9 @@
 ``OUT/kspace/{anatomy}_acc{acc}_{i}.h5`` (the fully sampled k-space and the challenge's fixed mask) and
 ``OUT/image/...`` (zero-filled, GRAPPA and fully sampled RSS, 384 x 384, attr ``max``), so training and
 evaluation run on the public data set. Files that are already undersampled (fastMRI test/challenge
-files carry a ``mask``) cannot provide a label and are reported and skipped. One bad file never stops
-the batch; the exit code is 1 if any file failed.
+files carry a ``mask``) cannot provide a label and are reported and skipped. One bad file (or one
+output that cannot be written) never stops the batch; the exit code is 1 if any file failed. An ``--out``
+that cannot be used (a file, under a file, not writable) is one line before any work, exit code 2.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tqdm import tqdm
 from data.formats import FormatError, read_fastmri_file
 from data.masks import make_mask
 from data.volumes import write_challenge_pair
+from utils.io import prepare_output_dir
 
 
 def convert_fastmri_file(src: Path, out: Path, anatomy: str, acc: int, index: int) -> Path:
@@ -39,11 +41,17 @@ def convert_fastmri_folder(src: Path, out: Path, anatomy: str, acc: int) -> int:
     if not files:
         print(f"{src}: -: no .h5 files", file=sys.stderr)
         return 1
+    try:
+        for sub in ("kspace", "image"):
+            prepare_output_dir(Path(out) / sub)
+    except OSError as exc:
+        print(f"error: --out: {exc}", file=sys.stderr)
+        return 2
     failed = 0
     for index, path in enumerate(tqdm(files, desc="convert", unit="file"), start=1):
         try:
             convert_fastmri_file(path, Path(out), anatomy, acc, index)
-        except (FormatError, ValueError) as exc:
+        except (ValueError, OSError) as exc:  # FormatError of the input, OutputError of an output
             failed += 1
             print(str(exc), file=sys.stderr)
     print(f"converted {len(files) - failed} of {len(files)} files into {out}", file=sys.stderr)

@@ -6,6 +6,7 @@ RSS, each float32 ``(S, 384, 384)`` (centre crop, or zero pad where the image is
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Dict, Iterator, Optional, Tuple
 
@@ -52,9 +53,15 @@ def write_challenge_pair(
     kspace_path: Path, image_path: Path, kspace: torch.Tensor, mask: np.ndarray, undersample: bool
 ) -> Tuple[Path, Path]:
     """Write a k-space file (fully sampled, or undersampled by ``mask`` for a leaderboard) and its image
-    file from fully sampled ``kspace`` complex64 ``(S, C, H, W)``."""
+    file from fully sampled ``kspace`` complex64 ``(S, C, H, W)``. Both or neither: when the image file
+    cannot be written, the k-space file just written is removed again (no file without its partner)."""
     images = volume_images(kspace, mask)
     stored = kspace * torch.from_numpy(np.asarray(mask, np.float32)) if undersample else kspace
     write_kspace_file(kspace_path, stored.numpy(), mask)
-    write_image_file(image_path, images["image_input"], images["image_grappa"], images["image_label"])
+    try:
+        write_image_file(image_path, images["image_input"], images["image_grappa"], images["image_label"])
+    except BaseException:
+        with contextlib.suppress(OSError):
+            Path(kspace_path).unlink()
+        raise
     return Path(kspace_path), Path(image_path)
