@@ -185,18 +185,23 @@ def acs_mask(mask: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _crop_slices(size: int, target: int) -> slice:
-    start = (size - target) // 2
+def _crop_slices(size: int, target: int, matlab: bool = False) -> slice:
+    start = size // 2 - target // 2 if matlab else (size - target) // 2
     return slice(start, start + target)
 
 
-def center_crop(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Centre-crop the last two axes to ``shape = (h, w)`` (each at most the current size)."""
+def center_crop(x: torch.Tensor, shape: Sequence[int], matlab: bool = False) -> torch.Tensor:
+    """Centre-crop the last two axes to ``shape = (h, w)`` (each at most the current size).
+
+    The window starts at ``(H - h) // 2`` (fastMRI); ``matlab=True`` starts it at ``H // 2 - h // 2``
+    as MATLAB's ``crop.m`` (Lustig) does, which keeps the FFT centre pixel ``H // 2`` at ``h // 2``.
+    The two differ by one pixel only when ``H`` is even and ``h`` odd.
+    """
     h, w = int(shape[0]), int(shape[1])
     H, W = x.shape[-2], x.shape[-1]
     if h > H or w > W:
         raise ValueError(f"cannot crop {(H, W)} to larger {(h, w)}")
-    return x[..., _crop_slices(H, h), _crop_slices(W, w)]
+    return x[..., _crop_slices(H, h, matlab), _crop_slices(W, w, matlab)]
 
 
 def center_pad(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
