@@ -357,6 +357,12 @@ def _check_counter(value, name: str) -> int:
     return int(value)
 
 
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The training-mask Generator: ``default_rng(SeedSequence([seed, epoch, index]))`` (all >= 0)."""
+    entropy = [_check_counter(seed, "seed"), _check_counter(epoch, "epoch"), _check_counter(index, "index")]
+    return np.random.default_rng(np.random.SeedSequence(entropy))
+
+
 class MaskSampler:
     """Reproducible mask source for training: ``sample(width, epoch, index)``.
 
@@ -375,8 +381,7 @@ class MaskSampler:
 
     def rng(self, epoch: int, index: int) -> np.random.Generator:
         """The Generator for ``(epoch, index)``: ``default_rng(SeedSequence([seed, epoch, index]))``."""
-        entropy = [self.seed, _check_counter(epoch, "epoch"), _check_counter(index, "index")]
-        return np.random.default_rng(np.random.SeedSequence(entropy))
+        return sample_rng(self.seed, epoch, index)
 
     def sample(self, width: int, epoch: int, index: int) -> np.ndarray:
         """Mask for sample ``index`` in ``epoch``: float32 ``(width,)`` of 0/1."""
@@ -448,7 +453,7 @@ def _looks_like_total(gaps: np.ndarray, cv: float) -> bool:
     return bool(cv > _RANDOM_GAP_CV or two_adjacent)
 
 
-def _nearest_supported(value: float, supported: Sequence[float]) -> float:
+def nearest_supported(value: float, supported: Sequence[float]) -> float:
     """Supported value nearest to ``value`` in log scale (ties go to the larger one)."""
     options = sorted(supported)
     if math.isinf(value):
@@ -507,5 +512,5 @@ def estimate_acceleration(
         ratio=ratio,
         gap_cv=cv,
         reading=reading,
-        acc=_nearest_supported(value, supported),
+        acc=nearest_supported(value, supported),
     )
