@@ -210,8 +210,13 @@ def read_max_attr(f: h5py.File, path) -> float:
     if MAX_ATTR not in f.attrs:
         raise FormatError(path, "attr max", "missing attribute")
     try:
+        shape = f.attrs.get_id(MAX_ATTR).shape  # header only: a huge attribute is never read
+        if shape is not None and math.prod(shape) > 64:
+            raise FormatError(path, "attr max", f"must be one number, got {math.prod(shape)} values (shape {shape})")
         raw = f.attrs[MAX_ATTR]
-    except (OSError, RuntimeError, TypeError, ValueError) as exc:
+    except (OSError, RuntimeError, TypeError, ValueError, KeyError) as exc:
+        if isinstance(exc, FormatError):
+            raise
         raise FormatError(path, "attr max", f"cannot be read ({exc.__class__.__name__})") from None
     value = np.asarray(raw)
     if value.dtype.kind not in "fiu":

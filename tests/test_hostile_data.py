@@ -122,6 +122,8 @@ CASES = {
                  dict.fromkeys(("check", "reconstruct", "baselines"), "attr max"), "must be one number"),
     "max_string": ("image", lambda f: f.attrs.__setitem__("max", "big"),
                    dict.fromkeys(("check", "reconstruct", "baselines"), "attr max"), "must be a real number"),
+    "max_empty": ("image", lambda f: f.attrs.__setitem__("max", h5py.Empty("f")), {"check": "attr max"},
+                  "must be a real number"),
     "max_1e30": ("image", lambda f: f.attrs.__setitem__("max", 1e30),
                  {"check": "attr max"}, "differs from the maximum of image_label"),
     "kspace_bomb": ("kspace", _bomb, dict.fromkeys(("check", "reconstruct"), "kspace"), "over the 8 GiB limit"),
