@@ -289,7 +289,8 @@ class MatVariable:
         try:
             raw = self._ds[idx]
         except (OSError, RuntimeError) as exc:
-            raise FormatError(self.path, self.key, f"data cannot be read, file truncated or corrupt ({exc.__class__.__name__})") from None
+            raise FormatError(self.path, self.key,
+                              f"data cannot be read, file truncated or corrupt ({exc.__class__.__name__})") from None
         return _convert(np.asarray(raw), self.matlab_class, self._complex_dtype, self.path, self.key)
 
     def read(self) -> np.ndarray:

@@ -1,6 +1,4 @@
 """data.matlab: v7.3 writer (header, layout, axes), one reader for v7.3 and v5, lazy variables, errors."""
-from pathlib import Path
-
 import h5py
 import numpy as np
 import pytest
