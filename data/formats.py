@@ -437,7 +437,12 @@ def validate_path(path) -> List[str]:
     path = Path(path)
     if not path.exists():
         return [f"{path}: -: path not found"]
+    from data.cine import validate_cine_path  # local import: data.cine imports this module
+
+    cine_problems = validate_cine_path(path)  # None unless a .mat/NIfTI file or a CMRxRecon/ACDC tree
     if path.is_file():
+        if cine_problems is not None:
+            return cine_problems
         try:
             with open_h5(path) as f:
                 keys = set(f.keys())
@@ -451,8 +456,10 @@ def validate_path(path) -> List[str]:
     folders = list(_pair_folders(path))
     loose = sorted(p for p in path.rglob("*.h5") if p.parent.name not in ("kspace", "image"))
     if not folders and not loose:
+        if cine_problems is not None:
+            return cine_problems
         return [f"{path}: -: no .h5 files in kspace/ or image/ folders"]
-    problems: List[str] = []
+    problems: List[str] = list(cine_problems or [])
     for folder in folders:
         problems += validate_pair_folder(folder)
     for p in loose:
@@ -493,7 +500,7 @@ def read_fastmri_file(path) -> Dict[str, object]:
 def _main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data.formats", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("check", help="validate a file, a Data tree or a folder with kspace/ and image/")
+    check = sub.add_parser("check", help="validate a file, a Data tree, a folder with kspace/ and image/, a CMRxRecon or ACDC tree")
     check.add_argument("path", nargs="+")
     conv = sub.add_parser("convert-fastmri", help="convert fastMRI multi-coil files to the challenge layout")
     conv.add_argument("--src", required=True, help="folder of fastMRI .h5 files")
