@@ -226,3 +226,34 @@ def test_two_ranks_each_read_their_share(micro, tmp_path):
     assert res.stdout.count("[train] done") == 1
     log = np.load(tmp_path / "net" / "loss_log" / "step1" / "loss_log.npy")
     assert log.shape == (2, 2) and np.isfinite(log).all()
+
+
+class _Payload:
+    """Pickles as ``exec(code)``: what an attacker appends to an optimizer-state file."""
+
+    def __init__(self, marker: Path):
+        self.code = f"open({str(marker)!r}, 'w').write('pwned')"
+
+    def __reduce__(self):
+        return exec, (self.code,)
+
+
+def test_resume_never_unpickles_a_tampered_or_truncated_optimizer_file(micro, tmp_path):
+    first = _run(_args(micro, tmp_path / "run", "--stop_epoch", "1"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    tag = tmp_path / "run" / "net" / "checkpoints" / "step1" / "epoch-1"
+    optim = tag / OPTIM_STATES
+    genuine = optim.read_bytes()
+    marker = tmp_path / "pwned"
+    state = torch.load(optim, weights_only=False)  # our own file, written just now
+    state["optimizer_state_dict"]["extra"] = _Payload(marker)
+    torch.save(state, optim)
+    resume = ("--stop_epoch", "2", "--restart_from_checkpoint", str(tag))
+    tampered = _run(_args(micro, tmp_path / "run", *resume, preset=False), timeout=300)
+    assert tampered.returncode != 0 and not marker.exists(), "the payload ran"
+    assert f"{optim}: refused" in tampered.stderr, tampered.stderr[-2000:]
+    optim.write_bytes(genuine[: len(genuine) // 3])
+    truncated = _run(_args(micro, tmp_path / "run", *resume, preset=False), timeout=300)
+    assert truncated.returncode != 0 and f"{optim}: cannot be read safely" in truncated.stderr, truncated.stderr[-2000:]
+    assert "Traceback" not in tampered.stderr + truncated.stderr
+    assert not (tag.parent / "epoch-2").exists()

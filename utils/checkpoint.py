@@ -4,21 +4,42 @@
 run's ``client_state``: model name and config, arguments, epoch, schedule origin) and
 ``zero_pp_rank_0_mp_rank_00_optim_states.pt`` (the ZeRO optimizer state). A tag is first written under a
 hidden temporary name and renamed into place when complete, so a crash never leaves a half-written
-``epoch-{n}`` behind. Reading uses ``torch.load(weights_only=True)``: no arbitrary unpickling.
+``epoch-{n}`` behind.
+
+Reading never unpickles arbitrary objects. Every file of a tag (model states and each rank's optimizer
+states) is read with ``torch.load(weights_only=True)``, allowing beyond tensors and plain containers only
+the few DeepSpeed types its checkpoints hold (:data:`DEEPSPEED_SAFE_GLOBALS`). DeepSpeed's own loader
+(``torch.load(weights_only=False)``) is replaced by :class:`SafeCheckpointEngine` before a resume, and
+:func:`check_checkpoint_files` scans every file of a tag before any work starts, so a tampered or
+truncated file is one clear error naming it.
 """
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import re
 import shutil
+import zipfile
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 
 MODEL_STATES = "mp_rank_00_model_states.pt"
 OPTIM_STATES = "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+OPTIM_STATES_GLOB = "*_optim_states.pt"
 _EPOCH_RE = re.compile(r"^epoch-(\d+)$")
+
+# The only non-tensor, non-container types DeepSpeed 0.19 pickles into a checkpoint (ZeRO stages 0-3,
+# fp32 and bf16): the ZeRO stage enum, the static loss scaler, and the fp32 fragment addresses. Each is
+# rebuilt from plain data by its own constructor; nothing else is importable while unpickling.
+DEEPSPEED_SAFE_GLOBALS = (
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+)
 
 
 class CheckpointError(ValueError):
@@ -56,13 +77,115 @@ def latest_epoch_tag(step_dir) -> Optional[Path]:
     return max(tags, key=epoch_of_tag) if tags else None
 
 
+def _safe_globals() -> List[type]:
+    """The classes of :data:`DEEPSPEED_SAFE_GLOBALS` that exist in the installed DeepSpeed."""
+    found = []
+    for dotted in DEEPSPEED_SAFE_GLOBALS:
+        module, _, name = dotted.rpartition(".")
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):  # deepspeed absent (inference-only installs) or renamed
+            continue
+    return found
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{exc.__class__.__name__}: {exc}".split())[:400]
+
+
+def safe_torch_load(path, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` allowing only :data:`DEEPSPEED_SAFE_GLOBALS` besides
+    tensors and containers. Any failure (a forbidden type, a truncated or corrupt file) is one
+    :class:`CheckpointError` naming the file."""
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: not a checkpoint file: file not found") from None
+    except Exception as exc:  # noqa: BLE001 - any unpickling/IO failure is one clear error
+        raise CheckpointError(f"{path}: cannot be read safely ({_one_line(exc)})") from None
+
+
 def load_model_states(path, map_location: str = "cpu") -> Dict[str, Any]:
     """The ``mp_rank_00_model_states.pt`` dict of a tag: ``module`` (state dict) plus client state."""
     path = check_checkpoint(path)
+    states = safe_torch_load(path / MODEL_STATES, map_location)
+    if not isinstance(states, dict):
+        raise CheckpointError(f"{path / MODEL_STATES}: not a checkpoint: holds a {type(states).__name__}, not a dict")
+    return states
+
+
+def optimizer_state_files(path) -> List[Path]:
+    """Every rank's ``zero_pp_rank_*_optim_states.pt`` in a tag (sorted)."""
+    return sorted(Path(path).glob(OPTIM_STATES_GLOB))
+
+
+def _scan_file(path: Path) -> None:
+    """Raise :class:`CheckpointError` if ``path`` would not load weights-only: for torch's zip format the
+    pickle's imports are listed without loading any tensor (cheap); other formats are loaded safely."""
+    if not zipfile.is_zipfile(path):
+        safe_torch_load(path)
+        return
+    allowed = {f"{cls.__module__}.{cls.__qualname__}" for cls in _safe_globals()}
     try:
-        return torch.load(path / MODEL_STATES, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling/IO failure is one clear error
-        raise CheckpointError(f"{path / MODEL_STATES}: cannot be read safely ({exc.__class__.__name__}: {exc})") from None
+        imported = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{path}: cannot be read safely ({_one_line(exc)})") from None
+    forbidden = sorted(set(imported) - allowed)
+    if forbidden:
+        raise CheckpointError(f"{path}: refused: the file would import {', '.join(forbidden)} (not a tensor or a DeepSpeed state type)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise CheckpointError(f"{path}: cannot be read safely ({_one_line(exc)})") from None
+    if bad is not None:
+        raise CheckpointError(f"{path}: corrupt: record {bad} fails its CRC check")
+
+
+def check_checkpoint_files(path) -> Dict[str, Any]:
+    """Check, before any work, that every file of tag ``path`` loads weights-only and is intact; return
+    the model-states dict. The optimizer state is in the model-states file without ZeRO (stage 0) and in
+    one ``*_optim_states.pt`` per rank with ZeRO: a ZeRO tag without one is refused."""
+    path = check_checkpoint(path)
+    for file in sorted(path.glob("*.pt")):
+        _scan_file(file)
+    states = load_model_states(path)
+    if not optimizer_state_files(path) and states.get("optimizer") is None:
+        raise CheckpointError(f"{path}: not a checkpoint: no {OPTIM_STATES_GLOB} (optimizer state) file")
+    return states
+
+
+def safe_checkpoint_engine(config_params=None):
+    """A DeepSpeed checkpoint engine that saves as DeepSpeed does but loads with :func:`safe_torch_load`."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    class SafeCheckpointEngine(TorchCheckpointEngine):
+        """DeepSpeed's torch engine with weights-only loading (DeepSpeed's own loads with weights_only=False)."""
+
+        def load(self, path: str, map_location=None):
+            return safe_torch_load(path, map_location)
+
+    return SafeCheckpointEngine(config_params)
+
+
+@contextlib.contextmanager
+def weights_only_loading():
+    """Inside the block every ``torch.load`` is weights-only with the DeepSpeed allow-list, whatever
+    the caller asks: a guard for DeepSpeed code paths that call ``torch.load`` directly."""
+    original = torch.load
+
+    def guarded(f, *args, **kwargs):
+        kwargs["weights_only"] = True
+        with torch.serialization.safe_globals(_safe_globals()):
+            return original(f, *args, **kwargs)
+
+    torch.load = guarded
+    try:
+        yield
+    finally:
+        torch.load = original
 
 
 def save_tag_atomically(engine, ckpt_dir, tag: str, client_state: Dict[str, Any]) -> Path:

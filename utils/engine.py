@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import socket
 import sys
 import time
@@ -29,7 +30,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from utils.checkpoint import check_checkpoint, epoch_of_tag, load_model_states, save_tag_atomically
+from utils.checkpoint import (
+    CheckpointError,
+    check_checkpoint_files,
+    epoch_of_tag,
+    safe_checkpoint_engine,
+    save_tag_atomically,
+    weights_only_loading,
+)
 from utils.io import atomic_path
 from utils.lr_schedule import LRSchedule
 from utils.seed import seed_fix, torch_generator, worker_init_fn
@@ -63,14 +71,33 @@ class EngineConfig:
     deepspeed_config: Optional[str] = None
 
     def __post_init__(self):
+        """Check every value before anything runs. A problem is one ``ValueError`` whose message starts
+        with the field's name (train.py prefixes ``--``); a ``deepspeed_config`` file is read and checked
+        here too."""
         if self.stop_epoch is None:
             self.stop_epoch = self.num_epochs
+        for name in ("warmup_epochs", "max_lr", "min_lr", "gradient_clipping", "weight_decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        for name, low in (("step", 1), ("seed", 0), ("num_epochs", 1), ("stop_epoch", 1), ("batch_size", 1),
+                          ("gradient_accumulation_steps", 1), ("num_workers", 0), ("log_every", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
-        if self.gradient_accumulation_steps < 1 or self.batch_size < 1:
-            raise ValueError("gradient_accumulation_steps and batch_size must be >= 1")
         if self.stop_epoch > self.num_epochs:
             raise ValueError(f"stop_epoch ({self.stop_epoch}) is beyond num_epochs ({self.num_epochs})")
+        if self.max_lr <= 0:
+            raise ValueError(f"max_lr must be > 0, got {self.max_lr}")
+        if not 0 <= self.min_lr <= self.max_lr:
+            raise ValueError(f"min_lr must be in [0, max_lr={self.max_lr}], got {self.min_lr}")
+        for name in ("warmup_epochs", "gradient_clipping", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.deepspeed_config:
+            read_deepspeed_json(self.deepspeed_config)
 
     @property
     def run_dir(self) -> Path:
@@ -131,6 +158,25 @@ def shutdown_distributed() -> None:
         torch.distributed.destroy_process_group()
 
 
+def prefer_interpreter_ninja() -> Optional[str]:
+    """Make ``ninja`` on ``PATH`` the one installed beside the running interpreter (a venv's), if any;
+    returns the ``ninja`` that ``PATH`` now resolves to (``None`` if there is none).
+
+    DeepSpeed JIT-compiles CPU Adam (and its CPU comm op) with ``torch.utils.cpp_extension``, which runs
+    whatever ``ninja`` ``PATH`` finds in the build folder ``$TORCH_EXTENSIONS_DIR/py311_cpu/cpu_adam``.
+    Ninja versions keep incompatible build logs (1.11 writes v5, 1.13 v7) and each discards the other's,
+    so alternating between the system ninja (``.venv/bin/python train.py``) and the venv's (an activated
+    venv, as the scripts have) recompiled the extension (a minute or more) on every switch. Resolving
+    ``ninja`` from the interpreter's own folder whichever way Python was started makes it compile once.
+    """
+    own = Path(sys.executable).parent / "ninja"
+    found = shutil.which("ninja")
+    if own.is_file() and os.access(own, os.X_OK) and (found is None or Path(found) != own):
+        os.environ["PATH"] = os.pathsep.join([str(own.parent), os.environ.get("PATH", "")]).rstrip(os.pathsep)
+        found = shutil.which("ninja")
+    return found
+
+
 def init_distributed() -> None:
     """Initialise torch.distributed through DeepSpeed; a plain ``python train.py`` is rank 0 of 1."""
     import deepspeed
@@ -162,12 +208,30 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, An
     return [g for g in groups if g["params"]]
 
 
+def read_deepspeed_json(path) -> Dict[str, Any]:
+    """A user's DeepSpeed JSON file: an object whose ``zero_optimization`` (if any) is an object.
+    Any problem is one ``ValueError`` naming the file (``deepspeed_config <path>: <problem>``)."""
+    where = f"deepspeed_config {path}"
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ValueError(f"{where}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{where}: cannot read it ({exc.__class__.__name__}: {exc})") from None
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(config).__name__}")
+    if not isinstance(config.get("zero_optimization", {}), dict):
+        raise ValueError(f"{where}: 'zero_optimization' must be an object")
+    return config
+
+
 def deepspeed_config(cfg: EngineConfig) -> Dict[str, Any]:
     """The DeepSpeed JSON config: from ``cfg.deepspeed_config`` (a file) if given, then the flags."""
-    base: Dict[str, Any] = {}
-    if cfg.deepspeed_config:
-        with open(cfg.deepspeed_config) as f:
-            base = json.load(f)
+    base: Dict[str, Any] = read_deepspeed_json(cfg.deepspeed_config) if cfg.deepspeed_config else {}
     zero = dict(base.get("zero_optimization", {}))
     zero["stage"] = cfg.zero_stage
     if cfg.zero_stage > 0 and cfg.offload_optimizer:
@@ -239,8 +303,21 @@ class LossLog:
 
     def __init__(self, path: Path, keep_until_epoch: int):
         self.path = Path(path)
-        rows = np.load(self.path) if self.path.is_file() else np.zeros((0, 2))
+        rows = self.read(self.path) if self.path.is_file() else np.zeros((0, 2))
         self.rows = rows[rows[:, 0] <= keep_until_epoch] if rows.size else np.zeros((0, 2))
+
+    @staticmethod
+    def read(path: Path) -> np.ndarray:
+        """The float64 ``(N, 2)`` rows of a loss log; never unpickles (``allow_pickle=False``).
+        A file that is not such an array raises one ``ValueError`` naming it."""
+        try:
+            rows = np.load(path, allow_pickle=False)
+        except Exception as exc:  # noqa: BLE001 - pickled, truncated or not .npy at all
+            problem = "holds pickled objects (refused)" if "allow_pickle" in str(exc) else " ".join(str(exc).split())
+            raise ValueError(f"{path}: not a loss log: {problem}") from None
+        if not isinstance(rows, np.ndarray) or rows.dtype.kind not in "fiu" or (rows.size and (rows.ndim != 2 or rows.shape[1] != 2)):
+            raise ValueError(f"{path}: not a loss log: expected float rows (epoch, loss), got {getattr(rows, 'dtype', '?')} {getattr(rows, 'shape', '?')}")
+        return rows.astype(np.float64).reshape(-1, 2)
 
     def append(self, epoch: int, loss: float) -> None:
         self.rows = np.vstack([self.rows, [[float(epoch), float(loss)]]])
@@ -313,17 +390,90 @@ def _move(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+class NonFiniteLossError(ValueError):
+    """Training stopped at a NaN/inf loss (the message names the batch's files and slices)."""
+
+
+def _batch_tensors(batch: Any) -> Dict[str, torch.Tensor]:
+    """The floating/complex tensors of a batch by name (dataclass fields, or ``item{k}`` of a tuple)."""
+    if dataclasses.is_dataclass(batch):
+        items = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
+    elif isinstance(batch, (list, tuple)):
+        items = {f"item{k}": b for k, b in enumerate(batch)}
+    else:
+        items = {"input": batch}
+    return {k: v for k, v in items.items() if isinstance(v, torch.Tensor) and (v.is_floating_point() or v.is_complex())}
+
+
+def describe_batch(batch: Any) -> str:
+    """Where a batch came from and what in it is not finite, e.g. ``brain_acc4_1.h5 slice 3 (non-finite
+    masked_kspace)``. Samples are named by the batch's ``fname`` and ``slice_index`` attributes when it has
+    them (:class:`~data.transforms.TrainingSample`); otherwise the batch is described by its fields only."""
+    tensors = _batch_tensors(batch)
+    names = getattr(batch, "fname", None)
+    slices = getattr(batch, "slice_index", None)
+    slices = slices.tolist() if isinstance(slices, torch.Tensor) else slices
+    if names is None:
+        bad = sorted(k for k, t in tensors.items() if not bool(torch.isfinite(t).all()))
+        return "this batch" + (f" (non-finite {', '.join(bad)})" if bad else "")
+    samples = []
+    for b, name in enumerate(names):
+        where = f"{name} slice {slices[b]}" if slices is not None else str(name)
+        bad = [k for k, t in tensors.items() if t.ndim and t.shape[0] == len(names) and not bool(torch.isfinite(t[b]).all())]
+        samples.append((where, bad))
+    flagged = [(w, bad) for w, bad in samples if bad] or samples
+    return "; ".join(w + (f" (non-finite {', '.join(bad)})" if bad else "") for w, bad in flagged)
+
+
+def _stop_if_not_finite(loss: torch.Tensor, batch: Any, epoch: int, index: int, world: int,
+                        before_raising: Callable[[], None] = lambda: None) -> None:
+    """Raise :class:`NonFiniteLossError` naming the batch when ``loss`` is NaN/inf on any rank (every
+    rank raises, so none is left waiting in a collective). Without this, DeepSpeed skips every such
+    step as an "overflow" and the run ends with unchanged weights and exit status 0.
+    ``before_raising`` (e.g. closing the progress bar) runs first, so the error is a line of its own."""
+    finite = torch.isfinite(loss.detach()).all().to(torch.float32).reshape(1)
+    if world > 1:
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    if bool(finite.item()):
+        return
+    value = float(loss.detach().float().reshape(-1)[0])
+    here = describe_batch(batch) if not math.isfinite(value) else "(the non-finite loss was on another rank)"
+    before_raising()
+    raise NonFiniteLossError(f"non-finite training loss ({value}) at epoch {epoch}, batch {index + 1}: {here}; "
+                             f"training stopped before the weights were updated")
+
+
 def resume_state(cfg: EngineConfig) -> Dict[str, Any]:
     """Read (and check) ``--restart_from_checkpoint`` before anything else happens; {} for a fresh run."""
     if not cfg.restart_from_checkpoint:
         return {}
-    path = check_checkpoint(cfg.restart_from_checkpoint)
+    path = Path(cfg.restart_from_checkpoint)
     epoch_of_tag(path)
-    states = load_model_states(path)
+    states = check_checkpoint_files(path)  # every file of the tag loads weights-only, optimizer states included
     for key in ("model_name", "model_config", "epoch"):
         if key not in states:
             raise ValueError(f"{path}: not a checkpoint of this pipeline: client state has no {key!r}")
     return states
+
+
+def _load_checkpoint_safely(engine, path: Path) -> None:
+    """Weights, and optimizer state, of tag ``path`` into the DeepSpeed ``engine``, never unpickling
+    anything but tensors, containers and DeepSpeed's state types (see utils/checkpoint.py)."""
+    original = engine.checkpoint_engine
+    engine.checkpoint_engine = safe_checkpoint_engine(engine._config)
+    try:
+        with weights_only_loading():
+            load_path, _ = engine.load_checkpoint(
+                str(path.parent), tag=path.name, load_optimizer_states=True, load_lr_scheduler_states=False, load_module_strict=True
+            )
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - DeepSpeed's raw errors (mismatched shapes, missing keys)
+        raise CheckpointError(f"{path}: DeepSpeed could not load this checkpoint ({' '.join(str(exc).split())[:300]})") from None
+    finally:
+        engine.checkpoint_engine = original
+    if load_path is None:
+        raise CheckpointError(f"{path}: DeepSpeed could not load this checkpoint")
 
 
 def train(
@@ -345,6 +495,7 @@ def train(
     ``resume``: the dict from :func:`resume_state` (its weights and optimizer state are loaded through
     DeepSpeed). ``validate(model, epoch) -> {name: value}`` runs on rank 0 after each epoch.
     """
+    prefer_interpreter_ninja()  # before DeepSpeed JIT-builds anything: one ninja, one cached build
     import deepspeed
     from tqdm import tqdm
 
@@ -367,12 +518,7 @@ def train(
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     device = engine.device
     if resume:
-        path = Path(cfg.restart_from_checkpoint)
-        load_path, _ = engine.load_checkpoint(
-            str(path.parent), tag=path.name, load_optimizer_states=True, load_lr_scheduler_states=False, load_module_strict=True
-        )
-        if load_path is None:
-            raise ValueError(f"{path}: DeepSpeed could not load this checkpoint")
+        _load_checkpoint_safely(engine, Path(cfg.restart_from_checkpoint))
 
     sampler = EpochShardSampler(len(dataset), cfg.seed, rank, world, multiple=cfg.gradient_accumulation_steps)
     loader = DataLoader(
@@ -415,6 +561,7 @@ def train(
                 for group in engine.optimizer.param_groups:
                     group["lr"] = lr
                 loss = objective(engine, _move(batch, device), device)
+                _stop_if_not_finite(loss, batch, epoch, i, world, before_raising=bar.close)
                 engine.backward(loss)
                 engine.step()
                 value = float(loss.detach())
