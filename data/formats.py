@@ -189,12 +189,20 @@ def _read_checked(ds: h5py.Dataset, path, key: str, dtype, keep: bool = True) ->
 
     Returns the whole array as ``dtype`` (``keep=False``: only checks, returns None, memory bounded)."""
     out = np.empty(ds.shape, dtype) if keep else None
+    direct = out is not None and ds.dtype == out.dtype
     for block in _slice_blocks(ds):
-        part = _read(ds, path, key, block)
+        if direct:  # straight into the result, no temporary copy
+            try:
+                ds.read_direct(out, np.s_[block], np.s_[block])
+            except (OSError, RuntimeError, ValueError, TypeError) as exc:
+                raise FormatError(path, key, f"data cannot be read, file truncated or corrupt ({exc.__class__.__name__})") from None
+            part = out[block]
+        else:
+            part = _read(ds, path, key, block)
         bad = ~np.isfinite(part)
         if bad.any():
             raise FormatError(path, key, f"{int(bad.sum())} non-finite values in slices {block.start}..{block.stop - 1}")
-        if out is not None:
+        if out is not None and not direct:
             out[block] = part
     return out
 
