@@ -124,7 +124,8 @@ class SliceDataset(Dataset):
         with open_h5(vol.image_path) as f:
             label = require_dataset(f, vol.image_path, "image_label")
             target = _read_slices(label, np.array([s]), vol.image_path)[0]
-        return self.transform(kspace, target, vol.max_value, vol.anatomy, vol.kspace_path.name, s, self.epoch, i)
+        # fname is the k-space file's path: the engine names it (with the slice) if the loss is not finite
+        return self.transform(kspace, target, vol.max_value, vol.anatomy, str(vol.kspace_path), s, self.epoch, i)
 
 
 class VolumeImageDataset(Dataset):
@@ -177,4 +178,5 @@ def collate_training(samples: Sequence[TrainingSample]) -> TrainingSample:
         anatomy=[s.anatomy for s in samples],
         fname=[s.fname for s in samples],
         slice_index=torch.tensor([s.slice_index for s in samples]),
+        num_low_frequencies=torch.tensor([s.num_low_frequencies for s in samples]),
     )

@@ -58,6 +58,7 @@ class TrainingSample:
     anatomy: str  # "brain" | "knee", from the file name (training only)
     fname: str
     slice_index: int
+    num_low_frequencies: int = 0  # ACS width for the coil maps; 0: derived from the mask
 
 
 ImageAugment = Callable[[torch.Tensor, int, np.random.Generator], torch.Tensor]

@@ -10,7 +10,12 @@ where ``s`` is a latent image the previous cascade's network emitted (its third 
 before the first cascade). With ``n_history > 0`` each decoder level fuses the features of the
 ``n_history`` previous cascades (feature momentum). Coil maps ``S`` come from a prompt U-Net on the ACS
 lines (adjacent slices as channels when ``use_sens_adj``), divided by their RSS over coils per slice.
-The output is the RSS of the centre slice's coil images ``S_c x``, centre-cropped to 384 x 384.
+The output is the RSS of the centre slice's coil images ``S_c x``, centre-cropped to ``output_size``
+(384 x 384 for the SNU challenge; ``output_size=None`` keeps the full image, as cine needs).
+
+Cine (CMRxRecon): the "adjacent slices" are neighbouring time frames of one slice, circular in time, as
+the reference does for CMRxRecon; masks may then differ per frame (kt masks) and be 2-D (ktRadial), so
+``mask`` is ``(B, [S,] [H,] W)`` and broadcast (see :func:`model_mask`).
 
 Architecture follows the reference implementation (hellopipu/PromptMR-plus, ``models/promptmr_v2.py``),
 including one PReLU slope shared by every residual block except the first of each U-Net.
@@ -28,7 +33,8 @@ from models.config import ModelConfig
 from models.promptmr_blocks import CA_REDUCTION, History, NormPromptUNet
 from utils import physics
 
-__all__ = ["PromptMRConfig", "PromptMR", "PromptMRCascade", "PromptSensitivityNet", "acs_column_mask", "OUTPUT_SIZE"]
+__all__ = ["PromptMRConfig", "PromptMR", "PromptMRCascade", "PromptSensitivityNet", "acs_column_mask", "model_mask",
+           "OUTPUT_SIZE"]
 
 OUTPUT_SIZE: Tuple[int, int] = (384, 384)
 _TRIPLES = ("feature_dim", "prompt_dim", "sens_feature_dim", "sens_prompt_dim", "len_prompt", "prompt_size",
@@ -63,6 +69,7 @@ class PromptMRConfig(ModelConfig):
     use_sens_adj: bool = True
     compute_sens_per_coil: bool = False
     use_checkpoint: bool = False
+    output_size: Optional[Tuple[int, int]] = OUTPUT_SIZE
 
     PRESETS: ClassVar[Dict[str, Dict[str, Any]]] = {
         "pmr_plus": {},
@@ -92,6 +99,8 @@ class PromptMRConfig(ModelConfig):
             value = getattr(self, name)
             if isinstance(value, list):
                 setattr(self, name, tuple(value))
+        if isinstance(self.output_size, list):
+            self.output_size = tuple(self.output_size)
 
     def validate(self) -> None:
         def fail(msg: str) -> None:
@@ -118,6 +127,9 @@ class PromptMRConfig(ModelConfig):
                 fail(f"{name} entries must be >= {low}, got {value!r}")
         if self.n_enc_cab[0] < 1:
             fail(f"n_enc_cab[0] must be >= 1, got {self.n_enc_cab!r}")
+        size = self.output_size
+        if size is not None and not (isinstance(size, tuple) and len(size) == 2 and all(is_int(v) and v >= 1 for v in size)):
+            fail(f"output_size must be null or 2 integers >= 1, got {size!r}")
         if self.num_adj_slices % 2 != 1:
             fail(f"num_adj_slices must be odd, got {self.num_adj_slices}")
         if self.adaptive_input and 0 < self.n_buffer < 3:
@@ -132,6 +144,12 @@ class PromptMRConfig(ModelConfig):
     def buffer_size(self) -> int:
         """Number of buffer images the cascade networks see (0 without ``adaptive_input``)."""
         return self.n_buffer if self.adaptive_input else 0
+
+
+# Cine presets: the same networks with the full-size output (the ranking crop belongs to evaluation).
+PromptMRConfig.PRESETS.update(
+    {f"cine_{name}": {**PromptMRConfig.PRESETS[name], "output_size": None} for name in ("pmr_plus", "challenge", "demo", "tiny")}
+)
 
 
 def _unet_kwargs(cfg: PromptMRConfig, act: nn.Module, sens: bool) -> Dict[str, Any]:
@@ -167,6 +185,42 @@ def acs_column_mask(mask: torch.Tensor, num_low_frequencies: Union[None, int, to
     start = (width - n + 1) // 2
     cols = torch.arange(width, device=mask.device).view(1, -1)
     return (cols >= start) & (cols < start + n)
+
+
+def model_mask(mask: torch.Tensor, shape: Tuple[int, int, int, int, int]) -> torch.Tensor:
+    """A sampling mask as a boolean ``(B, S|1, 1, H|1, W)`` tensor broadcastable to k-space ``shape``
+    ``(B, S, C, H, W)``.
+
+    Accepted: ``(W,)`` and ``(B, W)`` (one line mask for every slice/frame: the SNU challenge),
+    ``(B, S, W)`` (a line mask per adjacent frame: kt masks), ``(B, H, W)`` (one 2-D mask) and
+    ``(B, S, H, W)`` (a 2-D mask per frame: ktRadial). A 3-D mask is read as ``(B, S, W)`` when its
+    second axis is S and as ``(B, H, W)`` when it is H; when S == H it is ambiguous and refused (pass
+    the 4-D form). Any axis of size 1 broadcasts.
+    """
+    b, s, _, h, w = shape
+    dims = tuple(mask.shape)
+    if mask.dim() == 1:
+        mask = mask.view(1, 1, 1, 1, -1)
+    elif mask.dim() == 2:
+        mask = mask.view(dims[0], 1, 1, 1, dims[1])
+    elif mask.dim() == 3:
+        if dims[1] == s and s != h:
+            mask = mask.view(dims[0], s, 1, 1, dims[2])
+        elif dims[1] == h and s != h:
+            mask = mask.view(dims[0], 1, 1, h, dims[2])
+        elif dims[1] == 1:
+            mask = mask.view(dims[0], 1, 1, 1, dims[2])
+        else:
+            raise ValueError(f"PromptMR: a 3-D mask {dims} is ambiguous or does not match (B, S={s}, W) or "
+                             f"(B, H={h}, W); pass (B, S, H, W)")
+    elif mask.dim() == 4:
+        mask = mask.unsqueeze(2)
+    else:
+        raise ValueError(f"PromptMR: mask must be (B, [S,] [H,] W), got {dims}")
+    mb, ms, _, mh, mw = mask.shape
+    if mb not in (1, b) or ms not in (1, s) or mh not in (1, h) or mw != w:
+        raise ValueError(f"PromptMR: mask {dims} does not broadcast to k-space (B, S, C, H, W) = {tuple(shape)}")
+    return mask.expand(b, -1, -1, -1, -1) != 0
 
 
 class PromptSensitivityNet(nn.Module):
@@ -237,9 +291,12 @@ class PromptMRCascade(nn.Module):
 class PromptMR(nn.Module):
     """PromptMR+ reconstruction model (see module docstring).
 
-    ``forward(masked_kspace, mask, num_low_frequencies=None) -> (B, 384, 384)`` float magnitude, with
-    ``masked_kspace`` complex ``(B, S, C, H, W)`` (S = ``num_adj_slices``), ``mask`` ``(B, W)`` (or
-    ``(W,)``), ``num_low_frequencies`` ``None``, int or ``(B,)`` ACS widths.
+    ``forward(masked_kspace, mask, num_low_frequencies=None) -> (B, *output_size)`` float magnitude
+    (``(B, H, W)`` when ``output_size`` is None), with ``masked_kspace`` complex ``(B, S, C, H, W)``
+    (S = ``num_adj_slices``), ``mask`` ``(B, [S,] [H,] W)`` as :func:`model_mask` reads it (the SNU
+    ``(B, W)`` or ``(W,)`` included), ``num_low_frequencies`` ``None``, int or ``(B,)`` ACS widths. The
+    coil maps' ACS columns come from the centre slice's mask: columns sampled in any row (line masks:
+    the sampled lines). For 2-D masks (ktRadial) pass ``num_low_frequencies`` (the reference uses 16).
     """
 
     def __init__(self, config: PromptMRConfig):
@@ -263,23 +320,21 @@ class PromptMR(nn.Module):
         if s != self.config.num_adj_slices:
             raise ValueError(f"PromptMR: masked_kspace has {s} adjacent slices, config num_adj_slices is "
                              f"{self.config.num_adj_slices}")
-        if mask.dim() == 1:
-            mask = mask.unsqueeze(0).expand(b, -1)
-        if tuple(mask.shape) != (b, w):
-            raise ValueError(f"PromptMR: mask must be (B, W) = {(b, w)}, got {tuple(mask.shape)}")
-        return mask.to(kspace.device) != 0
+        return model_mask(mask.to(kspace.device), tuple(kspace.shape))
 
     def forward(self, masked_kspace: torch.Tensor, mask: torch.Tensor,
                 num_low_frequencies: Union[None, int, torch.Tensor] = None) -> torch.Tensor:
-        mask = self._check_inputs(masked_kspace, mask)
+        mask5 = self._check_inputs(masked_kspace, mask)  # (B, S|1, 1, H|1, W)
         b, s, c, h, w = masked_kspace.shape
-        acs_cols = acs_column_mask(mask, num_low_frequencies)
+        centre_mask = mask5[:, mask5.shape[1] // 2, 0]  # (B, H|1, W)
+        acs_cols = acs_column_mask(centre_mask.any(dim=1), num_low_frequencies)
         sens = self._maybe_checkpoint(self.sens_net, masked_kspace, acs_cols)
-        mask5 = mask.view(b, 1, 1, 1, w)
         x0 = physics.SenseOperator(sens, mask5).adjoint(masked_kspace).squeeze(2)  # (B, S, H, W)
         x, latent, history = x0, x0, None
         for cascade in self.cascades:
             x, latent, history = self._maybe_checkpoint(cascade, x, x0, latent, sens, mask5, history)
         centre = s // 2
         coil_images = sens[:, centre] * x[:, centre].unsqueeze(1)  # (B, C, H, W)
-        return physics.center_crop_or_pad(physics.rss(coil_images, dim=1), OUTPUT_SIZE)
+        image = physics.rss(coil_images, dim=1)
+        size = self.config.output_size
+        return image if size is None else physics.center_crop_or_pad(image, size)

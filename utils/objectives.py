@@ -25,7 +25,11 @@ class ReconstructionObjective:
         self.ssim = SSIMLoss()
 
     def __call__(self, model: nn.Module, batch, device: torch.device) -> torch.Tensor:
-        output = model(batch.masked_kspace, batch.mask).float()
+        acs = getattr(batch, "num_low_frequencies", None)
+        if isinstance(acs, torch.Tensor) and bool((acs > 0).any()):  # e.g. ktRadial cine masks
+            output = model(batch.masked_kspace, batch.mask, acs).float()
+        else:
+            output = model(batch.masked_kspace, batch.mask).float()
         target = batch.target.float()
         if self.loss == "ssim":
             return self.ssim(output, target, batch.max_value, batch.foreground)
