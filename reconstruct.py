@@ -1,4 +1,5 @@
-"""Reconstruct a leaderboard folder with four models (brain/knee x acc4/acc8) routed per volume.
+"""Reconstruct a leaderboard folder with four models (brain/knee x acc4/acc8) routed per volume,
+or (``--task cine``) a CMRxRecon cine set with the cine models routed by each case's mask.
 
     python reconstruct.py --path_data <Data>/leaderboard --result_path <result> --weights {result,artifacts}
                           [--artifacts_dir artifacts] [--net_prefix promptmr] [--classifier_net anatomy_cnn]
@@ -16,6 +17,16 @@ For every ``<path_data>/acc{4,8}/kspace/{name}.h5`` (undersampled k-space, mask)
    float32 ``(slices, 384, 384)``, written atomically) in the folder the input came from, and
    ``routing.json`` beside them: per volume the anatomy, classifier confidence, mask spacing, estimated
    acceleration, model used and seconds, plus the total time against the challenge's 3600 s budget.
+
+Cine (``--task cine --path_data <CMRxRecon ...Set folder>``): every undersampled case of the set (2023
+``AccFactorXX`` and 2024 ``UnderSample_TaskN`` layouts, :func:`data.cine.list_cine_cases`), routed by the
+acceleration estimated from its mask (:func:`data.cine_masks.estimate_cine_mask`, never the folder name)
+to ``cine_acc{R}`` (``<prefix>_cine_acc{R}`` / ``cine_acc{R}.safetensors``), or to the one all-acceleration
+model ``<prefix>_cine`` / ``cine.safetensors`` when there is no model for that R; every frame with its
+circular neighbour frames (:func:`utils.inference.reconstruct_cine`). Written: the CMRxRecon submission
+``<result>/Submission/MultiCoil/Cine/<Set>/<relpath>`` (``img4ranking``, single, the run4Ranking crop),
+the full reconstruction ``<result>/Reconstruction/MultiCoil/Cine/<Set>/<relpath>`` (``reconstruction``,
+magnitude ``(t, slices, ky, kx)``, for figures) and ``<result>/Reconstruction/routing.json``.
 
 Weights (the model configuration always comes from them, never from flags):
 ``--weights result``: ``<result>/<net_prefix>_{brain,knee}_acc{4,8}`` and ``<result>/<classifier_net>``, each
@@ -50,6 +61,10 @@ ACC_TOLERANCE = 0.1
 OUTPUT_SUBDIR = Path("test_reconstruct") / "reconstructions_leaderboard"
 ROUTING_FILE = "routing.json"
 CLASSIFIER_ROLE = "classifier"
+CINE = "cine"
+CINE_ACCELERATIONS = (4, 8, 10, 12, 16, 20, 24)
+CINE_SUBMISSION = Path("Submission") / "MultiCoil" / "Cine"
+CINE_FULL = Path("Reconstruction") / "MultiCoil" / "Cine"
 
 
 def _default_root(env: str, leaf: str) -> Path:
@@ -105,10 +120,12 @@ class ModelBank:
                 raise ArtifactError(f"{path}: holds {info.model_name!r}, expected a classifier {list(CLASSIFIERS)}")
         else:
             anatomy, acc = role.split("_acc")
+            if anatomy == CINE and info.acceleration is None:  # one model for every acceleration
+                acc = None
             if info.model_name in CLASSIFIERS:
                 raise ArtifactError(f"{path}: holds the classifier {info.model_name!r}, expected a reconstruction model")
             if (info.anatomy is not None and info.anatomy != anatomy) or (
-                info.acceleration is not None and int(info.acceleration) != int(acc)
+                info.acceleration is not None and acc is not None and int(info.acceleration) != int(acc)
             ):
                 raise ArtifactError(f"{path}: trained for {info.anatomy} acc{info.acceleration}, used for {role}")
         return LoadedModel(role, model, info, str(path))
@@ -119,6 +136,21 @@ def make_model_bank(args: argparse.Namespace, device) -> ModelBank:
     from utils import artifacts
 
     stems = {CLASSIFIER_ROLE: artifacts.CLASSIFIER_ARTIFACT}
+    if args.task == CINE:  # cine_acc{R}, else the all-acceleration "cine" model
+        def first(*candidates):
+            found = [c for c in candidates if c.exists()]
+            return found[0] if found else candidates[-1]
+
+        if args.weights == "result":
+            return ModelBank(
+                lambda role: artifacts.find_result_checkpoint(
+                    args.result_path, first(*(Path(args.result_path) / f"{args.net_prefix}_{r}" for r in (role, CINE))).name),
+                lambda path: artifacts.load_checkpoint_model(path, device),
+            )
+        return ModelBank(
+            lambda role: first(*(Path(args.artifacts_dir) / f"{r}{artifacts.SUFFIX}" for r in (role, CINE))),
+            lambda path: artifacts.load_artifact(path, device),
+        )
     if args.weights == "result":
         nets = artifacts.result_net_names(args.net_prefix, args.classifier_net)
         nets[CLASSIFIER_ROLE] = nets.pop(artifacts.CLASSIFIER_ARTIFACT)
@@ -373,6 +405,131 @@ def run(args: argparse.Namespace) -> Tuple[Dict[str, Any], int]:
     return report, failed
 
 
+# --------------------------------------------------------------------------------------------- cine
+
+
+def route_cine_mask(mask, path) -> Tuple[int, str, float]:
+    """``(acceleration, family, estimated R)`` of a cine mask ``(ky, kx)`` or ``(t, ky, kx)``: the R
+    nearest (in log scale) among :data:`CINE_ACCELERATIONS` to the one estimated from the mask."""
+    from data.cine_masks import estimate_cine_mask
+    from data.formats import FormatError
+
+    try:
+        est = estimate_cine_mask(mask)
+    except ValueError as exc:
+        raise FormatError(path, "mask", str(exc)) from None
+    if not math.isfinite(float(est.acceleration)) or est.acceleration <= 0:
+        raise FormatError(path, "mask", f"acceleration cannot be estimated (got {est.acceleration})")
+    acc = min(CINE_ACCELERATIONS, key=lambda r: abs(math.log(r / float(est.acceleration))))
+    return acc, est.family, float(est.acceleration)
+
+
+def process_cine_case(case, bank: ModelBank, args, device, sub_root: Path, full_root: Path) -> Dict[str, Any]:
+    """Route, reconstruct and write one cine case; returns its routing record (raises on failure)."""
+    import numpy as np
+    import torch
+
+    from data.cine import write_submission_file
+    from data.cine_datasets import cine_acs_width, from_model_layout, is_line_mask, to_model_layout
+    from data.formats import FormatError
+    from data.matlab import write_mat73
+    from utils.inference import reconstruct_cine
+    from utils.metrics import run4ranking
+
+    start = time.perf_counter()
+    kspace, mask = case.read_kspace(), case.read_mask()
+    where = case.kspace_path or case.mask_path
+    if mask.shape[-2:] != kspace.shape[-2:] or (mask.ndim == 3 and mask.shape[0] != kspace.shape[0]):
+        raise FormatError(case.mask_path, case.mask_key, f"mask {mask.shape} does not match k-space {kspace.shape}")
+    acc, family, estimate = route_cine_mask(mask, case.mask_path)
+    loaded = bank.get(f"{CINE}_acc{acc}")
+    model_mask = mask[..., :1] if is_line_mask(mask) else mask
+    k = to_model_layout(torch.from_numpy(kspace))  # (t, slices, coils, kx, ky)
+    m = to_model_layout(torch.from_numpy(np.ascontiguousarray(model_mask, dtype=np.float32)))
+    num_adj = int(getattr(loaded.model.config, "num_adj_slices", 1))
+    images = reconstruct_cine(loaded.model, k * (m[:, None, None] if m.dim() == 3 else m), m, num_adj,
+                              cine_acs_width(mask), args.batch_size, device)
+    images = from_model_layout(images).numpy()  # (t, slices, ky, kx)
+    if images.shape != kspace.shape[:2] + kspace.shape[3:] or not np.isfinite(images).all():
+        raise ValueError(f"{where}: {loaded.path} gave {images.shape} with {int((~np.isfinite(images)).sum())} "
+                         f"non-finite values, expected finite {kspace.shape[:2] + kspace.shape[3:]}")
+    rel = Path(case.set_name) / case.relpath
+    write_submission_file(sub_root / rel, run4ranking(images).numpy())
+    write_mat73(full_root / rel, {"reconstruction": images.astype(np.float32)})
+    return {
+        "subject": case.subject, "view": case.view, "group": case.group, "family": family,
+        "acc_estimate": round(estimate, 3), "acceleration": acc, "weights": loaded.path,
+        "frames": int(images.shape[0]), "slices": int(images.shape[1]),
+        "seconds": round(time.perf_counter() - start, 4),
+    }
+
+
+def run_cine(args: argparse.Namespace) -> Tuple[Dict[str, Any], int]:
+    """Reconstruct every undersampled case of the CMRxRecon set(s) under ``--path_data``."""
+    from tqdm import tqdm
+
+    from data.cine import find_cine_sets, list_cine_cases
+    from utils.io import atomic_path
+
+    wall_start = time.perf_counter()
+    device = _resolve_device(args.device)
+    cases = [c for set_dir in find_cine_sets(args.path_data) for c in list_cine_cases(set_dir)]
+    if not cases:
+        raise SystemExit(f"error: {args.path_data}: no undersampled CMRxRecon cine cases (AccFactorXX/ or UnderSample_TaskN/)")
+    sub_root, full_root = Path(args.result_path) / CINE_SUBMISSION, Path(args.result_path) / CINE_FULL
+    bank = make_model_bank(args, device)
+    records: Dict[str, Dict[str, Any]] = {}
+    failed = 0
+    for case in tqdm(cases, desc="reconstruct cine", unit="case", disable=args.no_progress, file=sys.stderr):
+        name = (Path(case.set_name) / case.relpath).as_posix()
+        try:
+            records[name] = {"status": "ok", **process_cine_case(case, bank, args, device, sub_root, full_root)}
+        except (ValueError, OSError, RuntimeError, MemoryError) as exc:
+            failed += 1
+            where = str(case.kspace_path or case.mask_path)
+            message = " ".join(str(exc).split()) or exc.__class__.__name__
+            if where not in message and str(case.mask_path) not in message:
+                message = f"{where}: {message}"
+            for stale in (sub_root / name, full_root / name):
+                _remove_stale(stale)
+            records[name] = {"status": "error", "error": message}
+            _log(f"error: {message}")
+    total = time.perf_counter() - wall_start
+    frames = sum(r.get("frames", 0) * r.get("slices", 0) for r in records.values())
+    report = {
+        "task": CINE, "weights": args.weights, "device": str(device), "batch_size": args.batch_size,
+        "models": {role: {"path": m.path, "model_name": m.info.model_name, "epoch": m.info.epoch}
+                   for role, m in sorted(bank.loaded().items())},
+        "cases": records, "failed": failed, "frames": frames, "total_seconds": round(total, 3),
+        "seconds_per_frame": round(total / frames, 5) if frames else None,
+    }
+    try:
+        with atomic_path(Path(args.result_path) / "Reconstruction" / ROUTING_FILE) as tmp:
+            tmp.write_text(json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n")
+    except OSError as exc:
+        report["routing_error"] = str(exc)
+        _log(f"error: {exc}")
+    return report, failed
+
+
+def cine_summary(report: Dict[str, Any], result_path: Path) -> str:
+    ok = [r for r in report["cases"].values() if r["status"] == "ok"]
+    counts: Dict[str, int] = {}
+    for r in ok:
+        counts[f"acc{r['acceleration']}"] = counts.get(f"acc{r['acceleration']}", 0) + 1
+    lines = [
+        f"reconstructed {len(ok)}/{len(report['cases'])} cine cases ({report['frames']} frames) on {report['device']} "
+        f"into {result_path / CINE_SUBMISSION} (submission) and {result_path / CINE_FULL}",
+        f"total {report['total_seconds']:.1f} s ({report['seconds_per_frame'] or float('nan'):.4f} s/frame); routing: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+    ]
+    if report["failed"]:
+        lines.append(f"{report['failed']} case(s) FAILED (see the errors above); exit status 1")
+    if report.get("routing_error"):
+        lines.append(f"{ROUTING_FILE} NOT written: {report['routing_error']}; exit status 1")
+    return "\n".join(lines)
+
+
 def summary(report: Dict[str, Any], out_root: Path) -> str:
     """Human summary: volumes, slices, time against the budget, routing counts."""
     ok = [r for r in report["volumes"].values() if r["status"] == "ok"]
@@ -398,8 +555,11 @@ def summary(report: Dict[str, Any], out_root: Path) -> str:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--path_data", type=Path, default=_default_root("DATA_ROOT", "Data") / "leaderboard",
-                        help="leaderboard folder with acc4/ and acc8/, each with kspace/ and image/")
+    parser.add_argument("--task", choices=("leaderboard", CINE), default="leaderboard",
+                        help="leaderboard: the SNU brain/knee leaderboard; cine: a CMRxRecon cine set")
+    parser.add_argument("--path_data", type=Path, default=None,
+                        help="leaderboard folder with acc4/ and acc8/, each with kspace/ and image/ (default "
+                             "$DATA_ROOT/leaderboard); --task cine: a CMRxRecon set folder or one above it")
     parser.add_argument("--result_path", type=Path, default=_default_root("RESULT_ROOT", "result"),
                         help="outputs go to <result_path>/test_reconstruct/reconstructions_leaderboard")
     parser.add_argument("--weights", choices=("result", "artifacts"), default="result",
@@ -413,12 +573,20 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch_size must be >= 1, got {args.batch_size}")
+    if args.path_data is None:
+        if args.task == CINE:
+            parser.error("--task cine needs --path_data <CMRxRecon ...Set folder>")
+        args.path_data = _default_root("DATA_ROOT", "Data") / "leaderboard"
     if not args.path_data.is_dir():
         parser.error(f"--path_data {args.path_data}: folder not found")
     from utils.io import prepare_output_dir
 
     try:  # output locations first: a bad --result_path fails before any volume is read
-        prepare_output_dir(args.result_path / OUTPUT_SUBDIR)
+        if args.task == CINE:
+            for sub in (CINE_SUBMISSION, CINE_FULL):
+                prepare_output_dir(args.result_path / sub)
+        else:
+            prepare_output_dir(args.result_path / OUTPUT_SUBDIR)
     except OSError as exc:
         parser.error(f"--result_path: {exc}")
     return args
@@ -426,6 +594,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    if args.task == CINE:
+        report, failed = run_cine(args)
+        print(cine_summary(report, Path(args.result_path)))
+        return 1 if failed or report.get("routing_error") else 0
     report, failed = run(args)
     print(summary(report, Path(args.result_path) / OUTPUT_SUBDIR))
     return 1 if failed or report.get("routing_error") else 0

@@ -25,6 +25,7 @@ from data.cine import find_cine_sets, list_fullsample, open_cine_kspace
 from data.cine_masks import CineMaskSampler
 from data.formats import FormatError
 from data.transforms import TrainingSample
+from utils.inference import circular_frame_table  # noqa: F401 - re-exported beside circular_frames
 from utils.physics import ifft2c, rss
 
 RADIAL_ACS = 16  # centre block of ktRadial masks: the coil-map ACS width the reference passes (test_num_low_frequencies)
@@ -32,17 +33,7 @@ RADIAL_ACS = 16  # centre block of ktRadial masks: the coil-map ACS width the re
 
 def circular_frames(frame: int, num_frames: int, num_adj: int) -> np.ndarray:
     """The ``num_adj`` (odd) frames centred on ``frame``, wrapping around the cardiac cycle."""
-    if num_adj < 1 or num_adj % 2 == 0:
-        raise ValueError(f"num_adj_slices must be odd and positive, got {num_adj}")
-    half = num_adj // 2
-    return (frame + np.arange(-half, half + 1)) % num_frames
-
-
-def circular_frame_table(num_frames: int, num_adj: int) -> np.ndarray:
-    """``(num_frames, num_adj)`` table: row ``t`` holds :func:`circular_frames` of frame ``t``."""
-    circular_frames(0, 1, num_adj)  # validates num_adj
-    half = num_adj // 2
-    return (np.arange(num_frames)[:, None] + np.arange(-half, half + 1)[None, :]) % max(num_frames, 1)
+    return circular_frame_table(num_frames, num_adj)[frame]
 
 
 def to_model_layout(x):
