@@ -358,6 +358,7 @@ def write_cine_undersampled(
     acceleration: int,
     pattern: str = "Uniform",
     layout: str = "2023",
+    compression: Optional[int] = None,
 ) -> Tuple[Path, Path]:
     """Write one undersampled case, ``kspace_full`` times ``mask`` (``(ky, kx)`` or ``(t, ky, kx)``),
     and its mask, as the challenge ships them; return ``(kspace_path, mask_path)``.
@@ -366,6 +367,7 @@ def write_cine_undersampled(
     ``cine_<view>_mask.mat`` (``maskRR``). ``layout="2024"``: ``UnderSample_TaskN/<subject>/
     cine_<view>_kus_<pattern><R>.mat`` (``kus``) and ``Mask_TaskN/.../cine_<view>_mask_<pattern><R>.mat``
     (``mask``), N = 1 for a 2-D mask and 2 for a kt mask. Masks are stored as MATLAB double.
+    ``compression``: gzip level for the k-space (its zero lines compress well), as :func:`write_mat73`.
     """
     kspace_full = _check_kspace_arg(kspace_full, "kspace_full")
     mask = np.asarray(mask)
@@ -379,13 +381,13 @@ def write_cine_undersampled(
     if layout == "2023":
         folder = set_dir / f"AccFactor{acc:02d}" / subject
         kpath, mpath = folder / f"cine_{view}.mat", folder / f"cine_{view}_mask.mat"
-        write_mat73(kpath, {f"kspace_sub{acc:02d}": kus})
+        write_mat73(kpath, {f"kspace_sub{acc:02d}": kus}, compression=compression)
         write_mat73(mpath, {f"mask{acc:02d}": mask})
     elif layout == "2024":
         task = 1 if mask.ndim == 2 else 2
         kpath = set_dir / f"UnderSample_Task{task}" / subject / f"cine_{view}_kus_{pattern}{acc}.mat"
         mpath = set_dir / f"Mask_Task{task}" / subject / f"cine_{view}_mask_{pattern}{acc}.mat"
-        write_mat73(kpath, {KUS_KEY: kus})
+        write_mat73(kpath, {KUS_KEY: kus}, compression=compression)
         write_mat73(mpath, {MASK_KEY_2024: mask})
     else:
         raise ValueError(f"layout must be '2023' or '2024', got {layout!r}")
