@@ -8,11 +8,21 @@ on top of ``--preset``. Example::
 
     python train.py --net_name brain_acc4 --step 1 --model promptmr --preset challenge --task brain \\
         --acceleration 4 --mask_type fixed --num_epochs 20 --stop_epoch 15 --max_lr 3e-4
+
+Cine (``--task cine``): samples over (subject, view, slice, frame) of the CMRxRecon FullSample files under
+``--data_path_train`` (a set folder or one above it), the neighbouring time frames as the adjacent
+slices (circular), masks drawn on the fly from ``--mask_type uniform|kt_uniform|kt_gaussian|kt_radial``
+and ``--acceleration`` (one or more R: one is drawn per sample; default 4 8 10, one model for all, as
+the PromptMR+ reference trains for CMRxRecon), SSIM loss on the magnitude image::
+
+    python train.py --net_name promptmr_cine --model promptmr --preset cine_demo --task cine \\
+        --data_path_train Data/CMRxRecon/MultiCoil/Cine/TrainingSet --mask_type uniform --acceleration 4 8 10
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import sys
 from pathlib import Path
@@ -30,29 +40,55 @@ def str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
+def finite_float(value: str) -> float:
+    """argparse type of every float flag: a finite number (``nan``/``inf`` are rejected)."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {value!r}")
+    return number
+
+
 def _default_root(env: str, leaf: str) -> str:
     return os.environ.get(env) or str(REPO.parent / leaf)
 
 
 def _add_flag(parser: argparse.ArgumentParser, name: str, default: Any, help_text: str = "") -> None:
-    """Add ``--name`` typed after ``default`` (bool -> true/false, tuple/list -> one or more values)."""
+    """Add ``--name`` typed after ``default`` (bool -> true/false, float -> finite float, tuple/list -> one
+    or more values)."""
     if isinstance(default, bool):
         parser.add_argument(f"--{name}", type=str2bool, nargs="?", const=True, default=None, metavar="BOOL", help=help_text)
     elif isinstance(default, (tuple, list)):
         elem = type(default[0]) if default else int
-        parser.add_argument(f"--{name}", type=elem, nargs="+", default=None, help=help_text)
+        parser.add_argument(f"--{name}", type=_FLAG_TYPES.get(elem, elem), nargs="+", default=None, help=help_text)
     elif default is None:
         parser.add_argument(f"--{name}", default=None, help=help_text)
     else:
-        parser.add_argument(f"--{name}", type=type(default), default=None, help=help_text)
+        parser.add_argument(f"--{name}", type=_FLAG_TYPES.get(type(default), type(default)), default=None, help=help_text)
+
+
+_FLAG_TYPES = {float: finite_float}  # argparse type per Python type, where plain conversion is not enough
+
+
+def _finite_float_flags(parser: argparse.ArgumentParser) -> None:
+    """Give every ``type=float`` flag (e.g. those of :meth:`AugmentConfig.add_argparse_args`) the
+    :func:`finite_float` type, so no float flag of train.py accepts ``nan`` or ``inf``."""
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public iterator over its actions
+        if action.type is float:
+            action.type = finite_float
 
 
 def build_parser(model_name: Optional[str]) -> argparse.ArgumentParser:
     from data.augment import AugmentConfig
+    from data.cine_masks import CINE_FAMILIES
     from data.masks import CHALLENGE_KINDS
     from utils.objectives import RECONSTRUCTION_LOSSES
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False,
+                                     usage="%(prog)s --net_name NAME [--model NAME] [--task {brain,knee,cine}] [FLAG VALUE ...] "
+                                           "(--help lists every flag)")
     run = parser.add_argument_group("run")
     run.add_argument("--net_name", required=True, help="run name: outputs go to <result_path>/<net_name>/")
     run.add_argument("--step", type=int, default=1, help="recipe step k: checkpoints/step{k}, loss_log/step{k}")
@@ -66,22 +102,25 @@ def build_parser(model_name: Optional[str]) -> argparse.ArgumentParser:
     run.add_argument("--log_every", type=int, default=10, help="wandb iteration logging interval")
     run.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     data = parser.add_argument_group("data")
-    data.add_argument("--task", choices=("brain", "knee"), help="anatomy (reconstruction models)")
-    data.add_argument("--acceleration", type=int, default=4)
-    data.add_argument("--mask_type", choices=CHALLENGE_KINDS, default="fixed")
+    data.add_argument("--task", choices=("brain", "knee", "cine"), help="anatomy (reconstruction models), or cine (CMRxRecon)")
+    data.add_argument("--acceleration", type=int, nargs="+", default=None,
+                      help="SNU: one R (default 4); cine: one or more R drawn per sample (default 4 8 10)")
+    data.add_argument("--mask_type", choices=CHALLENGE_KINDS + CINE_FAMILIES, default=None,
+                      help=f"SNU: {'|'.join(CHALLENGE_KINDS)} (default fixed); cine: {'|'.join(CINE_FAMILIES)} (default uniform)")
+    data.add_argument("--cine_views", nargs="+", default=None, help="cine: views to train on (default all, e.g. sax lax)")
     data.add_argument("--data_path_train", default=str(Path(_default_root("DATA_ROOT", "Data")) / "train"))
     data.add_argument("--data_path_val", default=None, help="leaderboard-style folder (kspace/ image/) for a per-epoch SSIM")
     data.add_argument("--loss", choices=RECONSTRUCTION_LOSSES, default="ssim")
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--num_epochs", type=int, default=20, help="epoch at which the cosine reaches min_lr")
-    opt.add_argument("--warmup_epochs", type=float, default=1.0)
+    opt.add_argument("--warmup_epochs", type=finite_float, default=1.0)
     opt.add_argument("--stop_epoch", type=int, default=None, help="last epoch to train (default num_epochs)")
-    opt.add_argument("--max_lr", type=float, default=3e-4)
-    opt.add_argument("--min_lr", type=float, default=0.0)
+    opt.add_argument("--max_lr", type=finite_float, default=3e-4)
+    opt.add_argument("--min_lr", type=finite_float, default=0.0)
     opt.add_argument("--batch_size", type=int, default=1)
     opt.add_argument("--gradient_accumulation_steps", type=int, default=2)
-    opt.add_argument("--gradient_clipping", type=float, default=0.01)
-    opt.add_argument("--weight_decay", type=float, default=1e-4)
+    opt.add_argument("--gradient_clipping", type=finite_float, default=0.01)
+    opt.add_argument("--weight_decay", type=finite_float, default=1e-4)
     opt.add_argument("--zero_stage", type=int, choices=(0, 1, 2, 3), default=1)
     opt.add_argument("--offload_optimizer", type=str2bool, nargs="?", const=True, default=True, metavar="BOOL")
     opt.add_argument("--bf16", type=str2bool, nargs="?", const=True, default=False, metavar="BOOL")
@@ -98,6 +137,7 @@ def build_parser(model_name: Optional[str]) -> argparse.ArgumentParser:
         for field in dataclasses.fields(config_cls):
             default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
             _add_flag(group, field.name, default)
+    _finite_float_flags(parser)
     return parser
 
 
@@ -110,7 +150,33 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
     if known.model not in MODEL_REGISTRY:
         build_parser(None).error(f"unknown --model {known.model!r}; registered: {sorted(MODEL_REGISTRY)}")
-    return build_parser(known.model).parse_args(argv)
+    parser = build_parser(known.model)
+    return resolve_task_defaults(parser, parser.parse_args(argv))
+
+
+def resolve_task_defaults(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """Mask family and acceleration defaults per task, checked against it: SNU tasks take one SNU mask
+    kind and one acceleration (kept an int), cine one of the cine families and one or more R."""
+    from data.cine_masks import CINE_FAMILIES
+
+    if args.task == "cine":
+        args.mask_type = args.mask_type or "uniform"
+        if args.mask_type not in CINE_FAMILIES:
+            parser.error(f"--task cine: --mask_type must be one of {list(CINE_FAMILIES)}, got {args.mask_type}")
+        accs = args.acceleration or [4, 8, 10]
+        args.acceleration = accs[0] if len(accs) == 1 else list(accs)
+    else:
+        args.mask_type = args.mask_type or "fixed"
+        if args.mask_type in CINE_FAMILIES:
+            parser.error(f"--mask_type {args.mask_type} is a cine mask family: use it with --task cine")
+        accs = args.acceleration or [4]
+        if len(accs) != 1:
+            parser.error(f"--acceleration takes one value for --task {args.task}, got {accs}")
+        args.acceleration = accs[0]
+    for acc in (args.acceleration if isinstance(args.acceleration, list) else [args.acceleration]):
+        if acc < 2:
+            parser.error(f"--acceleration must be >= 2, got {acc}")
+    return args
 
 
 def model_hparams(args: argparse.Namespace) -> Dict[str, Any]:
@@ -167,10 +233,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from data.masks import MaskSampler
     from data.transforms import TrainingTransform
     from models import CLASSIFIERS, OTHER_MODELS, build_config, model_entry
-    from utils.engine import EngineConfig, resume_state, shutdown_distributed, train
+    from utils.engine import EngineConfig, prefer_interpreter_ninja, resume_state, shutdown_distributed, train
     from utils.objectives import ClassificationObjective, ReconstructionObjective
 
-    engine_cfg = EngineConfig(
+    prefer_interpreter_ninja()  # same ninja, so CPU Adam compiles once, whether or not the venv is activated
+
+    engine_kwargs = dict(
         result_path=args.result_path,
         net_name=args.net_name,
         step=args.step,
@@ -195,7 +263,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         deepspeed_config=args.deepspeed_config,
     )
     # Everything that can be wrong is checked before DeepSpeed starts or anything is written.
+    try:
+        engine_cfg = EngineConfig(**engine_kwargs)
+    except ValueError as exc:  # the message starts with the field, i.e. the flag's name
+        raise SystemExit(f"error: --{exc}") from None
     resume = resume_state(engine_cfg)
+    if resume and int(resume["epoch"]) >= engine_cfg.stop_epoch:
+        raise SystemExit(f"error: {args.restart_from_checkpoint}: checkpoint is at epoch {resume['epoch']}; "
+                         f"--stop_epoch {engine_cfg.stop_epoch} leaves nothing to train")
     hparams = model_hparams(args)
     if resume:
         if resume["model_name"] != args.model:
@@ -211,12 +286,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.model in OTHER_MODELS:
         raise SystemExit(f"error: --model {args.model} has no training objective in train.py")
 
+    if not is_classifier and args.task is None:
+        raise SystemExit("error: --task {brain,knee,cine} is required for reconstruction models")
     if is_classifier:
         dataset = VolumeImageDataset([args.data_path_train])
         collate_fn, objective = None, ClassificationObjective()
+    elif args.task == "cine":
+        from data.cine_datasets import CineSliceDataset, CineTrainingTransform
+        from data.cine_masks import CineMaskSampler
+
+        if args.data_path_val:
+            raise SystemExit("error: --data_path_val is not supported with --task cine yet: evaluate checkpoints with "
+                             "reconstruct.py/evaluate.py --task cine")
+        sampler = CineMaskSampler(args.mask_type, args.acceleration, args.seed)
+        dataset = CineSliceDataset([args.data_path_train], getattr(config, "num_adj_slices", 1),
+                                   CineTrainingTransform(sampler), views=args.cine_views)
+        collate_fn, objective = collate_training, ReconstructionObjective(args.loss)
     else:
-        if args.task is None:
-            raise SystemExit("error: --task {brain,knee} is required for reconstruction models")
         aug_cfg = AugmentConfig.from_mapping({**vars(args), "num_epochs": args.num_epochs})
         sampler = MaskSampler(args.mask_type, args.acceleration, args.seed)
         augment = MRAugment(aug_cfg) if aug_cfg.aug_on else None
@@ -228,8 +314,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.data_path_val and not is_classifier:
         validate = leaderboard_validation(args.data_path_val, args.task, getattr(config, "num_adj_slices", 1))
 
+    from utils.io import OutputError, prepare_output_dir
     from utils.seed import seed_fix
 
+    try:
+        prepare_output_dir(engine_cfg.run_dir)  # last check: --result_path/--net_name can be written
+    except OutputError as exc:
+        raise SystemExit(f"error: --result_path/--net_name {exc}") from None
     seed_fix(args.seed, args.deterministic)  # model initialisation depends only on the seed
     model = model_cls(config)
     run_args = {k: v for k, v in vars(args).items()}

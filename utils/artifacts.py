@@ -39,16 +39,17 @@ import argparse
 import copy
 import dataclasses
 import json
+import math
 import re
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from utils.checkpoint import CheckpointError, MODEL_STATES, epoch_of_tag, latest_epoch_tag, load_model_states
-from utils.io import atomic_path
+from utils.io import OutputError, atomic_path, prepare_output_dir, prepare_output_file
 
 __all__ = [
     "ArtifactError", "ArtifactInfo", "FORMAT", "FORMAT_VERSION", "METADATA_KEY", "RECON_ROLES",
@@ -125,23 +126,93 @@ class ArtifactInfo:
             raise ArtifactError(f"{path}: metadata: format_version must be a positive integer, got {version!r}")
         if version > FORMAT_VERSION:
             raise ArtifactError(f"{path}: format_version {version} is newer than this code reads ({FORMAT_VERSION})")
+        payload.pop("format")
+        return cls.from_payload(path, payload)
+
+    @classmethod
+    def from_payload(cls, path, payload: Dict[str, Any]) -> "ArtifactInfo":
+        """Check every field's presence and type (:data:`_FIELD_TYPES`); any problem is one
+        :class:`ArtifactError` naming ``path`` and the field."""
         fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(payload) - fields - {"format"})
+        unknown = sorted(set(payload) - fields)
         if unknown:
             raise ArtifactError(f"{path}: metadata has unknown field(s) {unknown}")
         for key in ("model_name", "model_config", "source"):
             if key not in payload:
                 raise ArtifactError(f"{path}: metadata has no {key!r}")
-        if not isinstance(payload["model_name"], str) or not isinstance(payload["model_config"], dict):
-            raise ArtifactError(f"{path}: metadata: model_name must be a string and model_config an object")
-        payload.pop("format")
+        for key, value in payload.items():
+            problem = _field_problem(key, value)
+            if problem:
+                raise ArtifactError(f"{path}: metadata field {key!r} {problem}, got {value!r} ({type(value).__name__})")
         return cls(**payload)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_ANATOMIES = tuple(dict.fromkeys(a for a, _ in RECON_ROLES)) + ("cine",)  # cine: CMRxRecon models
+#: field -> (check, what it must be); ``None`` is allowed where the dataclass default is ``None``.
+_FIELD_TYPES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
+    "model_name": (lambda v: isinstance(v, str) and bool(v), "must be a non-empty string"),
+    "model_config": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v), "must be a JSON object"),
+    "source": (lambda v: isinstance(v, str), "must be a string"),
+    "epoch": (lambda v: v is None or (_is_int(v) and v >= 0), "must be a non-negative integer or null"),
+    "step": (lambda v: v is None or (_is_int(v) and v >= 1), "must be a positive integer or null"),
+    "anatomy": (lambda v: v is None or v in _ANATOMIES, f"must be one of {list(_ANATOMIES)} or null"),
+    "acceleration": (lambda v: v is None or (_is_int(v) and v >= 1), "must be a positive integer or null"),
+    "format_version": (lambda v: _is_int(v) and v >= 1, "must be a positive integer"),
+}
+
+
+def _field_problem(key: str, value: Any) -> Optional[str]:
+    check, expected = _FIELD_TYPES[key]
+    return None if check(value) else expected
+
+
+def _config_value_ok(default: Any, value: Any) -> bool:
+    """Whether ``value`` (from JSON or a checkpoint) has the type of the config field's ``default``."""
+    if default is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return _is_int(value)
+    if isinstance(default, float):
+        return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, (tuple, list)):
+        return isinstance(value, (tuple, list)) and (
+            not default or all(_config_value_ok(default[0], v) for v in value))
+    return True
+
+
+def _check_config_types(path, config_cls, config: Dict[str, Any]) -> None:
+    """Every known ``model_config`` value must have its field's type (unknown keys are left to the
+    config's own check); a mismatch is an :class:`ArtifactError` naming ``path`` and the field."""
+    for field in dataclasses.fields(config_cls):
+        if field.name not in config:
+            continue
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        value = config[field.name]
+        if value is None and "Optional" in str(field.type):  # e.g. PromptMR's output_size (cine: full image)
+            continue
+        if not _config_value_ok(default, value):
+            kind = type(default).__name__ + (f" of {type(default[0]).__name__}" if isinstance(default, (tuple, list)) and default else "")
+            raise ArtifactError(f"{path}: metadata field 'model_config.{field.name}' must be {kind}, "
+                                f"got {value!r} ({type(value).__name__})")
 
 
 def _model_from_info(path, info: ArtifactInfo) -> nn.Module:
     """Build the (randomly initialised) model an artifact or checkpoint describes."""
-    from models import build_model  # lazy: models/ never imports this module
+    from models import build_model, model_entry  # lazy: models/ never imports this module
 
+    try:
+        config_cls = model_entry(info.model_name)[1]
+    except ValueError as exc:
+        raise ArtifactError(f"{path}: cannot build model {info.model_name!r}: {exc}") from None
+    _check_config_types(path, config_cls, info.model_config)
     try:
         return build_model(info.model_name, **info.model_config)
     except (ValueError, TypeError) as exc:
@@ -203,23 +274,26 @@ def _info_from_states(checkpoint: Path, states: Dict[str, Any]) -> ArtifactInfo:
         if key not in states:
             raise ArtifactError(f"{checkpoint / MODEL_STATES}: not a checkpoint of this pipeline: no {key!r}")
     args = states.get("args") or {}
+    if not isinstance(args, dict):
+        raise ArtifactError(f"{checkpoint / MODEL_STATES}: client state 'args' must be a dict, got {type(args).__name__}")
     from models import CLASSIFIERS  # lazy (see _model_from_info)
 
-    classifier = states["model_name"] in CLASSIFIERS
+    classifier = isinstance(states["model_name"], str) and states["model_name"] in CLASSIFIERS
     try:
-        epoch = int(states["epoch"]) if "epoch" in states else epoch_of_tag(checkpoint)
+        epoch = states["epoch"] if "epoch" in states else epoch_of_tag(checkpoint)
     except CheckpointError:
         epoch = None
     step = _STEP_RE.match(checkpoint.parent.name)
-    return ArtifactInfo(
-        model_name=str(states["model_name"]),
-        model_config=dict(states["model_config"]),
+    return ArtifactInfo.from_payload(checkpoint / MODEL_STATES, dict(
+        model_name=states["model_name"],
+        model_config=states["model_config"],
         source=str(checkpoint),
         epoch=epoch,
-        step=int(states["step"]) if "step" in states else (int(step.group(1)) if step else None),
+        step=states["step"] if "step" in states else (int(step.group(1)) if step else None),
         anatomy=None if classifier else args.get("task"),
-        acceleration=None if classifier or args.get("acceleration") is None else int(args["acceleration"]),
-    )
+        # a cine model trained over several R (a list) serves every acceleration: null
+        acceleration=None if classifier or isinstance(args.get("acceleration"), (list, tuple)) else args.get("acceleration"),
+    ))
 
 
 def load_checkpoint_model(checkpoint, device: torch.device | str = "cpu") -> Tuple[nn.Module, ArtifactInfo]:
@@ -298,14 +372,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "export":
+            if args.out.suffix != SUFFIX:
+                raise ArtifactError(f"{args.out}: artifact file names end with {SUFFIX}")
+            prepare_output_file(args.out)  # before any work: --out must be writable, not a folder
             paths = [export_checkpoint(args.checkpoint, args.out)]
         elif args.command == "export-result":
+            prepare_output_dir(args.out_dir)
             paths = export_result(args.result_path, args.out_dir, args.net_prefix, args.classifier_net)
         else:
             paths = list(args.paths)
         for path in paths:
             print(_describe(path, read_artifact_info(path)))
-    except ArtifactError as exc:
+    except (ArtifactError, OutputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
