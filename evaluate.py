@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from data.formats import FormatError, anatomy_from_name, read_image_file, read_reconstruction_file
-from utils.io import atomic_path
+from utils.io import OutputError, atomic_path, prepare_output_dir, prepare_output_file
 from utils.metrics import leaderboard_foreground_mask, leaderboard_ssim, nmse, psnr
 
 ACCELERATIONS = ("acc4", "acc8")
@@ -220,7 +220,24 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="also write PNGs (zero-filled | GRAPPA | reconstruction | target | error) here")
     parser.add_argument("--figure_volumes", type=int, default=1,
                         help="volumes per anatomy and acceleration drawn with --figures")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    return args
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every flag and output location checked before any volume is read (``parser.error``: one line,
+    exit status 2). Creates the folders of ``--json`` and ``--figures`` (proving they are writable)."""
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
+    if args.figure_volumes < 1:
+        parser.error(f"--figure_volumes must be >= 1, got {args.figure_volumes}")
+    for flag, path, prepare in (("--json", args.json, prepare_output_file), ("--figures", args.figures, prepare_output_dir)):
+        if path is not None:
+            try:
+                prepare(path)
+            except OutputError as exc:
+                parser.error(f"{flag} {exc}")
 
 
 def write_figures(leaderboard_dir: Path, recon_dir: Path, out_dir: Path, output_key: str, per_group: int) -> List[Path]:
@@ -256,12 +273,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for extra in _extra_files(volume_pairs(args.path_leaderboard_data, args.path_your_data), args.path_your_data):
         print(f"warning: {extra} has no leaderboard volume and was ignored", file=sys.stderr)
     print(format_report(result))
-    if args.json is not None:
-        write_json(result, args.json)
-    if args.figures is not None:
-        figures = write_figures(args.path_leaderboard_data, args.path_your_data, args.figures, args.output_key,
-                                args.figure_volumes)
-        print(f"{len(figures)} figure(s) written to {args.figures}")
+    try:
+        if args.json is not None:
+            write_json(result, args.json)
+        if args.figures is not None:
+            figures = write_figures(args.path_leaderboard_data, args.path_your_data, args.figures, args.output_key,
+                                    args.figure_volumes)
+            print(f"{len(figures)} figure(s) written to {args.figures}")
+    except (FormatError, OSError) as exc:  # OutputError is an OSError: a full disk, a folder gone read-only
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -16,7 +16,7 @@ from data.formats import write_image_file, write_reconstruction_file
 from utils.metrics import leaderboard_foreground_mask, leaderboard_ssim
 
 REPO = Path(__file__).resolve().parents[1]
-SIZE = 32
+SIZE = 384  # the leaderboard image size (evaluate.py rejects others)
 # volume name -> slice count (different counts make slice- and volume-weighted means differ)
 VOLUMES = {"brain_test1": 2, "brain_test2": 3, "knee_test1": 1}
 
@@ -147,7 +147,7 @@ def test_wrong_shape_is_an_error(board, tmp_path, capsys):
     _write_recons(tmp_path / "out", labels)
     bad = tmp_path / "out" / "acc4" / "knee_test1.h5"
     write_reconstruction_file(bad, np.zeros((2, SIZE, SIZE), np.float32))  # label has 1 slice
-    _expect_failure(capsys, lb, tmp_path / "out", bad, ["shape", "(2, 32, 32)", "(1, 32, 32)"])
+    _expect_failure(capsys, lb, tmp_path / "out", bad, ["shape", "(2, 384, 384)", "(1, 384, 384)"])
 
 
 def test_non_finite_reconstruction_is_an_error(board, tmp_path, capsys):
