@@ -2,6 +2,7 @@
 # The challenge's staged recipe, shared by the 13 train_*.sh wrappers.
 #   usage: bash scripts/train_recipe.sh {brain|knee} {4|8} {1|2|3} [extra train.py flags...]
 #          bash scripts/train_recipe.sh cnn                       [extra train.py flags...]
+#          bash scripts/train_recipe.sh cine {1|2|3}              [extra train.py flags...]
 # Environment: DATA_ROOT (default ../Data), RESULT_ROOT (default ../result), PRESET (challenge | demo |
 # tiny: model preset and epoch budget), MODEL (default promptmr), NUM_WORKERS (default 4),
 # NUM_GPUS (>1: run under the deepspeed launcher), SEED (default 430).
@@ -11,6 +12,10 @@
 #         translation 5%, shearing 5 deg, scaling 10%, weight 0.5 each, delay 15, exp_decay 10).
 # Step 3: from step 2's last epoch, lr 1e-4 -> 0 at 45; brain adds flipv (delay 30, exp_decay 100);
 #         knee: no augmentation, random masks (random_spaced at acc 4, random_offset at acc 8).
+# Cine (CMRxRecon, $DATA_ROOT/CMRxRecon/MultiCoil/Cine/TrainingSet): one model for R 4/8/10
+# (net ${MODEL}_cine, preset cine_$PRESET), CINE_MASK masks (default uniform: the 2023 task), circular
+# neighbouring frames; step 1 lr LR1, step 2 from step 1 at LR2, step 3 from step 2 at LR3 -> 0, the
+# epochs C1/C2/C3 (the PromptMR+ reference trains 12 epochs at 2e-4 for CMRxRecon).
 # demo/tiny shrink the epoch counts (E1/E2/E3 below) and keep the same shape of schedule; demo raises the
 # learning rates (LR1..LR3) for its small model.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -23,9 +28,12 @@ SEED="${SEED:-430}"
 # LR1..LR3: the steps' max learning rates. The demo's small model learns faster with larger steps
 # (brain acc 4, demo data: validation SSIM 0.912/0.925 after epochs 1/2 at 1e-3 vs 0.894/0.913 at 3e-4).
 case "$PRESET" in
-    challenge) E1=15 P1=20 E2=30 P2=35 E3=45 WARM=1 CNN_EPOCHS=5 CNN_PRESET=default LR1=3e-4 LR2=2e-4 LR3=1e-4 ;;
-    demo)      E1=3  P1=4  E2=6  P2=7  E3=9  WARM=1 CNN_EPOCHS=3 CNN_PRESET=default LR1=1e-3 LR2=7e-4 LR3=3e-4 ;;
-    tiny)      E1=1  P1=2  E2=2  P2=3  E3=3  WARM=1 CNN_EPOCHS=1 CNN_PRESET=tiny    LR1=3e-4 LR2=2e-4 LR3=1e-4 ;;
+    challenge) E1=15 P1=20 E2=30 P2=35 E3=45 WARM=1 CNN_EPOCHS=5 CNN_PRESET=default LR1=3e-4 LR2=2e-4 LR3=1e-4
+               C1=6 CP1=8 C2=10 CP2=12 C3=12 ;;
+    demo)      E1=3  P1=4  E2=6  P2=7  E3=9  WARM=1 CNN_EPOCHS=3 CNN_PRESET=default LR1=1e-3 LR2=7e-4 LR3=3e-4
+               C1=2 CP1=3 C2=4 CP2=5 C3=6 ;;
+    tiny)      E1=1  P1=2  E2=2  P2=3  E3=3  WARM=1 CNN_EPOCHS=1 CNN_PRESET=tiny    LR1=3e-4 LR2=2e-4 LR3=1e-4
+               C1=1 CP1=2 C2=2 CP2=3 C3=3 ;;
     *) echo "error: PRESET must be challenge, demo or tiny, got '$PRESET'" >&2; exit 2 ;;
 esac
 
@@ -41,6 +49,24 @@ if [[ "${1:-}" == "cnn" ]]; then
     exec "${launch[@]}" --net_name anatomy_cnn --step 1 --model anatomy_cnn --preset "$CNN_PRESET" \
         --data_path_train "$DATA_ROOT/train" --num_epochs "$CNN_EPOCHS" --warmup_epochs 0 \
         --max_lr 1e-3 --min_lr 0 --gradient_accumulation_steps 1 --gradient_clipping 1.0 "${common[@]}" "$@"
+fi
+
+if [[ "${1:-}" == "cine" ]]; then
+    [[ $# -ge 2 ]] || { echo "usage: $0 cine {1|2|3} [train.py flags...]" >&2; exit 2; }
+    step="$2"; shift 2
+    net="${MODEL}_cine"
+    ckpt="$RESULT_ROOT/$net/checkpoints"
+    run=("${launch[@]}" --net_name "$net" --model "$MODEL" --task cine --mask_type "${CINE_MASK:-uniform}"
+         --acceleration 4 8 10 --data_path_train "$DATA_ROOT/CMRxRecon/MultiCoil/Cine/TrainingSet" "${common[@]}")
+    case "$step" in
+        1) exec "${run[@]}" --step 1 --preset "cine_$PRESET" --max_lr "$LR1" --min_lr 0 --warmup_epochs "$WARM" \
+               --num_epochs "$CP1" --stop_epoch "$C1" "$@" ;;
+        2) exec "${run[@]}" --step 2 --restart_from_checkpoint "$ckpt/step1/epoch-$C1" --continue_lr_scheduler false \
+               --max_lr "$LR2" --min_lr 0 --warmup_epochs 0 --num_epochs "$CP2" --stop_epoch "$C2" "$@" ;;
+        3) exec "${run[@]}" --step 3 --restart_from_checkpoint "$ckpt/step2/epoch-$C2" --continue_lr_scheduler false \
+               --max_lr "$LR3" --min_lr 0 --warmup_epochs 0 --num_epochs "$C3" --stop_epoch "$C3" "$@" ;;
+        *) echo "error: step must be 1, 2 or 3" >&2; exit 2 ;;
+    esac
 fi
 
 [[ $# -ge 3 ]] || { echo "usage: $0 {brain|knee} {4|8} {1|2|3} [train.py flags...]" >&2; exit 2; }
