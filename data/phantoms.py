@@ -27,6 +27,10 @@ __all__ = [
     "Grid",
     "make_grid",
     "smooth_field",
+    "soft_step",
+    "paint",
+    "smooth_max",
+    "smoothstep",
     "brain_magnitude",
     "knee_magnitude",
     "smooth_phase",
@@ -97,6 +101,13 @@ def _smax(a: np.ndarray, b: np.ndarray, k: float = 40.0) -> np.ndarray:
 def _smoothstep(t: np.ndarray) -> np.ndarray:
     t = np.clip(t, 0.0, 1.0)
     return t * t * (3.0 - 2.0 * t)
+
+
+# public names of the painting helpers, shared with the cardiac phantom (data/heart_phantom.py)
+soft_step = _step
+paint = _paint
+smooth_max = _smax
+smoothstep = _smoothstep
 
 
 def smooth_field(rng: np.random.Generator, grid: Grid, cell_px: Cell, z_cell: float = 0.2) -> np.ndarray:

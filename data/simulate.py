@@ -80,6 +80,7 @@ __all__ = [
     "volume_specs",
     "volume_rng",
     "simulate_kspace",
+    "noise_mixing",
     "rss_image",
     "volume_images",
     "write_volume",
@@ -201,7 +202,7 @@ def _coils(rng: np.random.Generator, anatomy: str, coils: int, z: np.ndarray) ->
     return CoilArray.sample(rng, coils, (radius, radius), (0.0, rng.uniform(-0.1, 0.1), 0.0), axis="y")
 
 
-def _noise_mixing(rng: np.random.Generator, coils: int) -> torch.Tensor:
+def noise_mixing(rng: np.random.Generator, coils: int) -> torch.Tensor:
     """Lower-triangular ``(C, C)`` complex64 ``L`` with ``L L^H`` a coil noise covariance (unit mean
     variance, mild correlations)."""
     a = np.eye(coils) + 0.15 * (rng.standard_normal((coils, coils)) + 1j * rng.standard_normal((coils, coils)))
@@ -231,7 +232,7 @@ def simulate_kspace(rng: np.random.Generator, anatomy: str, preset: Preset) -> t
     coils = _coils(rng, anatomy, C, z)
     median = rng.uniform(*LABEL_MEDIAN[anatomy])
     floor = rng.uniform(*NOISE_FLOOR[anatomy])
-    mixing = _noise_mixing(rng, C)
+    mixing = noise_mixing(rng, C)
 
     kspace = torch.empty((S, C, H, W), dtype=torch.complex64)
     level = _OBJECT_LEVEL * float(obj.abs().max())
