@@ -30,7 +30,8 @@ then rapid filling, diastasis and the atrial kick (:func:`contraction`). The end
 shrinks by the factor solved from the subject's target ejection fraction, the mitral annulus descends
 towards the fixed apex (longitudinal shortening: through-plane motion for SAX slices), the epicardium
 follows from myocardial incompressibility (wall thickening), the RV and atria move with their own
-factors, and a slow respiratory drift (a few mm, mostly along ``Z``) shifts heart, diaphragm and liver.
+factors, and a slow respiratory drift (at most 1.5 mm, mostly along ``Z``, zero at ED) shifts heart,
+diaphragm and liver (so the SAX slices also see some through-plane motion).
 
 Labels (ACDC): 0 background, 1 RV cavity, 2 LV myocardium, 3 LV cavity (papillary muscles and
 trabeculae included, as ACDC's convention); the RV free wall, atria and vessels are background.

@@ -29,7 +29,6 @@ __all__ = [
     "smooth_field",
     "soft_step",
     "paint",
-    "smooth_max",
     "smoothstep",
     "brain_magnitude",
     "knee_magnitude",
@@ -106,7 +105,6 @@ def _smoothstep(t: np.ndarray) -> np.ndarray:
 # public names of the painting helpers, shared with the cardiac phantom (data/heart_phantom.py)
 soft_step = _step
 paint = _paint
-smooth_max = _smax
 smoothstep = _smoothstep
 
 
