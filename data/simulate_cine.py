@@ -77,6 +77,7 @@ from data.heart_phantom import GROUPS, Planes, Subject, es_frame, lax_planes, re
 from data.phantoms import CoilArray, Grid, smooth_phase
 from data.simulate import noise_mixing
 from data.volumes import slice_chunks
+from utils.io import OutputError, prepare_output_dir
 from utils.physics import center_crop, fft2c, ifft2c, rss
 
 __all__ = [
@@ -339,7 +340,12 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    files = generate_dataset(args.out, args.preset, args.seed, progress=not args.no_progress)
+    try:
+        prepare_output_dir(args.out)  # fail before any work
+        files = generate_dataset(args.out, args.preset, args.seed, progress=not args.no_progress)
+    except OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(f"wrote {len(files)} files/folders under {args.out} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return 0
 

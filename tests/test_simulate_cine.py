@@ -211,7 +211,7 @@ def test_bit_identical_per_seed_and_order_independent(tree, tmp_path):
         cine_root(tree) / "TrainingSet" / "FullSample" / "P001" / "cine_sax.mat"))
 
 
-def test_specs_seeds_and_bad_arguments(tmp_path):
+def test_specs_seeds_and_bad_arguments(tmp_path, capsys):
     specs = subject_specs(PRESETS["demo"])
     assert [s.name for s in specs] == [f"P{i:03d}" for i in range(1, 9)] + ["P001", "P002", "P003"]
     assert [s.global_number for s in specs] == list(range(1, 12))
@@ -231,3 +231,7 @@ def test_specs_seeds_and_bad_arguments(tmp_path):
         _main(["--out", str(tmp_path), "--preset", "tiny", "--seed", "-3"])
     assert exc.value.code == 2
     assert not any(tmp_path.iterdir())
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert _main(["--out", str(blocker / "out"), "--preset", "tiny", "--no-progress"]) == 1
+    assert "cannot write" in capsys.readouterr().err
