@@ -159,8 +159,9 @@ def test_labels_every_frame_volume_curve_and_ef(tree):
 
 @pytest.mark.parametrize("group", GROUPS)
 def test_ejection_fraction_and_wall_by_group(group):
-    """At demo-like resolution (5 slices, 3 mm pixels): LV EF from the labels in the group's range,
-    max volume at ED and min at ES, myocardium thickening in systole."""
+    """At demo-like resolution (5 slices, 3 mm pixels): LV and RV EF from the labels in the group's
+    range (a failing RV in the RV and DCM groups), max volumes at ED and min at ES, myocardium
+    thickening in systole."""
     frames, ranges = 12, {"NOR": (50, 80), "DCM": (5, 40), "HCM": (50, 85), "MINF": (10, 55), "RV": (50, 80)}
     for seed in (0, 1):
         subject = sample_subject(np.random.default_rng([seed, GROUPS.index(group)]), group)
@@ -172,6 +173,10 @@ def test_ejection_fraction_and_wall_by_group(group):
         ef = 100 * (1 - lv[es] / lv[0])
         lo, hi = ranges[group]
         assert lo < ef < hi, (group, seed, ef)
+        rv = (labels == LABEL_RV).sum(axis=(1, 2, 3)).astype(float)
+        assert rv.argmax() == 0 and rv.argmin() == es
+        rv_ef = 100 * (1 - rv[es] / rv[0])
+        assert (10 < rv_ef < 40) if group in ("RV", "DCM") else (33 < rv_ef < 80), (group, seed, rv_ef)
         # wall thickness of the mid slice from ring areas: thicker at ES (incompressible myocardium)
         mid = labels[:, 2]
         endo = (mid == LABEL_LV).sum(axis=(1, 2))
