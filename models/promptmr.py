@@ -32,6 +32,7 @@ from torch.utils.checkpoint import checkpoint
 from models.config import ModelConfig
 from models.promptmr_blocks import CA_REDUCTION, History, NormPromptUNet
 from utils import physics
+from utils.physics import acs_column_mask, model_mask  # noqa: F401 - shared with the other cine models; re-exported
 
 __all__ = ["PromptMRConfig", "PromptMR", "PromptMRCascade", "PromptSensitivityNet", "acs_column_mask", "model_mask",
            "OUTPUT_SIZE"]
@@ -162,65 +163,6 @@ def _unet_kwargs(cfg: PromptMRConfig, act: nn.Module, sens: bool) -> Dict[str, A
         n_dec_cab=cfg.n_dec_cab, n_skip_cab=cfg.n_skip_cab, n_bottleneck_cab=cfg.n_bottleneck_cab, act=act,
         use_ca=not cfg.no_use_ca, learnable_prompt=cfg.learnable_prompt, n_history=0 if sens else cfg.n_history,
     )
-
-
-def acs_column_mask(mask: torch.Tensor, num_low_frequencies: Union[None, int, torch.Tensor] = None) -> torch.Tensor:
-    """Boolean ``(B, W)`` mask of the ACS columns used for the coil maps.
-
-    ``mask``: ``(B, W)`` sampling mask. ``num_low_frequencies``: ``None``, an int or ``(B,)``; entries
-    ``<= 0`` (or ``None``) are derived from the mask as the reference does: twice the shorter side of the
-    contiguous sampled block around column ``W // 2`` (found with :func:`utils.physics.acs_bounds`). The
-    window is ``[(W - n + 1) // 2, (W - n + 1) // 2 + n)``.
-    """
-    batch, width = mask.shape
-    if num_low_frequencies is None:
-        n = torch.zeros(batch, dtype=torch.long)
-    else:
-        n = torch.as_tensor(num_low_frequencies, dtype=torch.long).flatten().cpu().expand(batch).clone()
-    centre = width // 2
-    for b in (n <= 0).nonzero().flatten().tolist():  # only elements needing derivation; loop over batch
-        left, right = physics.acs_bounds(mask[b])
-        n[b] = max(2 * min(centre - left, right - centre), 1)
-    n = n.to(mask.device).view(-1, 1)
-    start = (width - n + 1) // 2
-    cols = torch.arange(width, device=mask.device).view(1, -1)
-    return (cols >= start) & (cols < start + n)
-
-
-def model_mask(mask: torch.Tensor, shape: Tuple[int, int, int, int, int]) -> torch.Tensor:
-    """A sampling mask as a boolean ``(B, S|1, 1, H|1, W)`` tensor broadcastable to k-space ``shape``
-    ``(B, S, C, H, W)``.
-
-    Accepted: ``(W,)`` and ``(B, W)`` (one line mask for every slice/frame: the SNU challenge),
-    ``(B, S, W)`` (a line mask per adjacent frame: kt masks), ``(B, H, W)`` (one 2-D mask) and
-    ``(B, S, H, W)`` (a 2-D mask per frame: ktRadial). A 3-D mask is read as ``(B, S, W)`` when its
-    second axis is S and as ``(B, H, W)`` when it is H; when S == H it is ambiguous and refused (pass
-    the 4-D form). Any axis of size 1 broadcasts.
-    """
-    b, s, _, h, w = shape
-    dims = tuple(mask.shape)
-    if mask.dim() == 1:
-        mask = mask.view(1, 1, 1, 1, -1)
-    elif mask.dim() == 2:
-        mask = mask.view(dims[0], 1, 1, 1, dims[1])
-    elif mask.dim() == 3:
-        if dims[1] == s and s != h:
-            mask = mask.view(dims[0], s, 1, 1, dims[2])
-        elif dims[1] == h and s != h:
-            mask = mask.view(dims[0], 1, 1, h, dims[2])
-        elif dims[1] == 1:
-            mask = mask.view(dims[0], 1, 1, 1, dims[2])
-        else:
-            raise ValueError(f"PromptMR: a 3-D mask {dims} is ambiguous or does not match (B, S={s}, W) or "
-                             f"(B, H={h}, W); pass (B, S, H, W)")
-    elif mask.dim() == 4:
-        mask = mask.unsqueeze(2)
-    else:
-        raise ValueError(f"PromptMR: mask must be (B, [S,] [H,] W), got {dims}")
-    mb, ms, _, mh, mw = mask.shape
-    if mb not in (1, b) or ms not in (1, s) or mh not in (1, h) or mw != w:
-        raise ValueError(f"PromptMR: mask {dims} does not broadcast to k-space (B, S, C, H, W) = {tuple(shape)}")
-    return mask.expand(b, -1, -1, -1, -1) != 0
 
 
 class PromptSensitivityNet(nn.Module):
