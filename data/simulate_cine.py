@@ -47,13 +47,13 @@ full     120    60     12      10    10     246 x 512       204 x 448       1.4
 ``full`` has CMRxRecon 2023's counts and SAX/LAX matrix sizes; it is documented, never run in CI
 (about 1.4 GB of FullSample k-space per subject, ~3 GB with the AccFactor copies, ~500 GB in all).
 ``tiny`` is for tests; ``demo`` is sized for a CPU demo. The AccFactor k-space files of ``demo`` and
-``full`` are gzip-compressed (level 1: their zero lines shrink them to ~55-65 % at demo size), FullSample
+``full`` are gzip-compressed (level 4: their zero lines shrink them to ~55-65 % at demo size), FullSample
 files are not (noise does not compress, and training reads them frame by frame). The 24 ACS lines are
 the 2023 contract at every size, so at the small demo matrices they are a large share of the lines
 (an AccFactor10 SAX file samples 28 of 64 lines, a LAX one 27 of 48).
 
 Cost, measured on a busy 2-core machine with ``--threads 1``: tiny (3 subjects) ~1 s (6 s with the
-imports), 58 MB; demo (11 subjects) ~60 s (mostly gzip), 1.05 GB, 0.7 GB peak memory; full ~80 s to
+imports), 58 MB; demo (11 subjects) ~55 s (mostly gzip), 1.0 GB, 0.7 GB peak memory; full ~80 s to
 synthesise one subject (2.9 GB peak memory) plus its writing (not measured; gzip of ~1.5 GB), so
 roughly 6-8 h for all 180.
 """
@@ -122,8 +122,8 @@ class CinePreset:
 
 PRESETS: Dict[str, CinePreset] = {
     "tiny": CinePreset("tiny", 2, 1, 6, 3, 4, (48, 96), (40, 96), 5.0, None),
-    "demo": CinePreset("demo", 8, 3, 12, 4, 10, (64, 96), (48, 96), 4.5, 1),
-    "full": CinePreset("full", 120, 60, 12, 10, 10, (246, 512), (204, 448), 1.4, 1),
+    "demo": CinePreset("demo", 8, 3, 12, 4, 10, (64, 96), (48, 96), 4.5, 4),
+    "full": CinePreset("full", 120, 60, 12, 10, 10, (246, 512), (204, 448), 1.4, 4),
 }
 
 
