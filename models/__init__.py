@@ -13,17 +13,20 @@ from torch import nn
 from models.anatomy_cnn import AnatomyCNN, AnatomyCNNConfig
 from models.config import ModelConfig
 from models.hifimamba import HiFiMamba, HiFiMambaConfig
+from models.kgmgt import KGMgT, KGMgTConfig
 from models.nnmamba import NNMambaCls, NNMambaClsConfig, NNMambaSeg, NNMambaSegConfig
 from models.promptmr import PromptMR, PromptMRConfig
 from models.varnet import VarNet, VarNetConfig
 
-#: Reconstruction models follow ``forward(masked_kspace, mask, num_low_frequencies=None) -> (B, 384, 384)``;
+#: Reconstruction models follow ``forward(masked_kspace, mask, num_low_frequencies=None) -> (B, 384, 384)``
+#: (cine models such as kgmgt: ``(B, H, W)``);
 #: classifiers ``forward(images (B, S, H, W)) -> logits (B, 2)``; nnmamba_seg is a 2-D/3-D segmentation
 #: network ``(B, C, *spatial) -> (B, classes, *spatial)`` (no training objective in train.py yet).
 MODEL_REGISTRY: Dict[str, Tuple[Type[nn.Module], Type[ModelConfig]]] = {
     "promptmr": (PromptMR, PromptMRConfig),
     "varnet": (VarNet, VarNetConfig),
     "hifimamba": (HiFiMamba, HiFiMambaConfig),
+    "kgmgt": (KGMgT, KGMgTConfig),
     "anatomy_cnn": (AnatomyCNN, AnatomyCNNConfig),
     "nnmamba_cls": (NNMambaCls, NNMambaClsConfig),
     "nnmamba_seg": (NNMambaSeg, NNMambaSegConfig),
