@@ -1,7 +1,11 @@
-"""Score reconstructions with the SNU FastMRI leaderboard metric.
+"""Score reconstructions with the SNU FastMRI leaderboard metric or the CMRxRecon cine ranking metric.
 
     python evaluate.py --path_leaderboard_data DIR --path_your_data OUT [--output_key reconstruction] [--json FILE]
                        [--workers N] [--no_progress]
+    python evaluate.py --task cine --protocol {2023,2024,2025} --path_gt SET --path_your_data SUB [--json FILE]
+                       [--no_swap] [--workers N] [--no_progress]
+
+SNU (the default, ``--task snu``):
 
 ``DIR`` holds ``acc4/image/*.h5`` and ``acc8/image/*.h5`` (keys ``image_label``, attr ``max``);
 ``OUT`` holds ``acc4/{name}.h5`` and ``acc8/{name}.h5`` with the reconstruction under ``--output_key``.
@@ -11,6 +15,19 @@ and ``Total = (acc4 + acc8) / 2`` (only when both folders exist). PSNR and NMSE 
 on the same masked images and averaged over volumes. A missing reconstruction file, a missing key, a
 shape mismatch or non-finite values are reported one line each; then the exit status is 1 and no
 score is printed.
+
+Cine (``--task cine``): ``SET`` is a CMRxRecon set folder (``.../MultiCoil/Cine/ValidationSet``) with
+``FullSample/P###/cine_<view>.mat`` (``kspace_full``) and ``AccFactorXX/P###/cine_<view>.mat``; every
+AccFactor file expects ``SUB/.../AccFactorXX/P###/cine_<view>.mat`` with ``img4ranking`` (single, the
+run4Ranking crop: h5py order ``(3, n, round(ky/2), round(kx/3))``, MATLAB ``(kx/3, ky/2, n, 3)``).
+``SUB`` may be the reconstruction output (holding ``Submission/``), the ``Submission`` root, the set
+level holding ``AccFactorXX/`` or one ``AccFactorXX`` folder (then only that acceleration). The ground
+truth is ``kspace_full`` -> ifft2c -> RSS -> run4Ranking; per 2-D image PSNR/SSIM/NMSE after the
+protocol's normalisation (:func:`utils.metrics.cine_ranking_metrics`; 2024 and 2025 use the
+reconstruction as the reference, as the organisers' scripts do, unless ``--no_swap``), mean per file,
+per ``<view>/<AccFactorXX>`` group and over groups, plain and adjusted (failures count). A missing,
+unreadable or wrong-shape file is one line on stderr naming it and a failure; the rest is scored.
+Exit status 0 when at least one file was scored, 1 when none could be, 2 for usage errors.
 """
 from __future__ import annotations
 
@@ -30,7 +47,21 @@ from tqdm import tqdm
 
 from data.formats import FormatError, anatomy_from_name, read_image_file, read_reconstruction_file
 from utils.io import OutputError, atomic_path, prepare_output_dir, prepare_output_file
-from utils.metrics import leaderboard_foreground_mask, leaderboard_ssim, nmse, psnr
+from utils.metrics import (
+    CINE_PROTOCOLS,
+    RANKING_FRAMES,
+    SWAPPED_PROTOCOLS,
+    aggregate_ranking_scores,
+    cine_ranking_metrics,
+    file_scores,
+    leaderboard_foreground_mask,
+    leaderboard_ssim,
+    nmse,
+    psnr,
+    ranking_slices,
+    run4ranking,
+)
+from utils.physics import ifft2c
 
 ACCELERATIONS = ("acc4", "acc8")
 LABEL_KEY = "image_label"
@@ -208,6 +239,242 @@ def write_json(result: Dict[str, object], path) -> None:
         tmp.write_text(json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n")
 
 
+# --------------------------------------------------------------------------- CMRxRecon cine (--task cine)
+
+_SUBMISSION_MAX_BYTES = 2**28  # an img4ranking declaring more than this is refused unread
+
+
+def resolve_submission(path: Path, set_name: str, tops: Sequence[str]) -> Tuple[Path, Optional[str]]:
+    """``(folder mirroring the set, only)`` for a submission given at any of these levels, where
+    ``tops`` are the set's case folders (``AccFactor04``, ``UnderSample_Task1``, ...) and ``set_name``
+    the set folder's name: the reconstruction output ``R`` (``R/Submission/MultiCoil/Cine/<Set>``), the
+    ``Submission`` root (``MultiCoil/Cine/<Set>`` below it), the set level (holding ``AccFactorXX/``)
+    or one case folder such as ``AccFactor04`` (then ``only`` names it and only its cases are
+    expected). Unrecognised: ``(path, None)``, and every file will be missing."""
+    for candidate in (path / "Submission" / "MultiCoil" / "Cine" / set_name, path / "MultiCoil" / "Cine" / set_name):
+        if any((candidate / t).is_dir() for t in tops):
+            return candidate, None
+    if path.name in tops and not any((path / t).is_dir() for t in tops):
+        return path.parent, path.name
+    return path, None
+
+
+def cine_target(gt_file: Path) -> np.ndarray:
+    """The ranking image of a FullSample file: ``kspace_full`` ``(t, slices, coils, ky, kx)`` (shape,
+    dtype and declared size checked first) -> only frames 1-3 and the ranking slices read ->
+    :func:`utils.physics.ifft2c` -> :func:`utils.metrics.run4ranking` (RSS, crop): float32
+    ``(3, n, round(ky/2), round(kx/3))``. Raises :class:`FormatError`."""
+    from data.cine import FULL_KEY, open_cine_kspace  # lazy: the SNU path never needs the cine readers
+
+    with open_cine_kspace(gt_file, FULL_KEY) as var:
+        if var.shape[0] < RANKING_FRAMES:
+            raise FormatError(gt_file, FULL_KEY, f"{var.shape[0]} frames; ranking needs {RANKING_FRAMES}")
+        kspace = var[:RANKING_FRAMES, ranking_slices(var.shape[1])]
+    target = run4ranking(ifft2c(torch.from_numpy(np.ascontiguousarray(kspace)))).numpy()
+    if not np.isfinite(target).all():  # a non-finite k-space sample spreads over its whole image
+        raise FormatError(gt_file, FULL_KEY, "non-finite values in the frames and slices ranked")
+    return target
+
+
+def read_cine_submission(path: Path, shape: Tuple[int, ...]) -> np.ndarray:
+    """``img4ranking`` of a submission file as float32 of ``shape`` (h5py order ``(3, n, cy, cx)``,
+    MATLAB ``(cx, cy, n, 3)`` as run4Ranking writes it). An array in the reverse order (a numpy array
+    shaped like MATLAB's written with plain h5py, as the organisers' Python port does) is transposed.
+    Raises :class:`FormatError` for a missing/unreadable file or key, a wrong shape, complex or
+    non-finite data."""
+    from data.cine import SUBMISSION_KEY
+    from data.matlab import read_mat
+
+    if not path.is_file():
+        raise FormatError(path, "-", "submission file not found")
+    image = read_mat(path, keys=[SUBMISSION_KEY], max_bytes=_SUBMISSION_MAX_BYTES)[SUBMISSION_KEY]
+    if image.shape != tuple(shape):
+        if image.shape[::-1] != tuple(shape):
+            raise FormatError(path, SUBMISSION_KEY, f"shape {image.shape} differs from the ranking crop "
+                                                    f"{tuple(shape)} (h5py order; MATLAB {tuple(shape)[::-1]})")
+        image = image.T
+    if np.iscomplexobj(image) or image.dtype.kind not in "fiu":
+        raise FormatError(path, SUBMISSION_KEY, f"expected a real magnitude image, got {image.dtype}")
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    if not np.isfinite(image).all():
+        raise FormatError(path, SUBMISSION_KEY, "non-finite values")
+    return image
+
+
+def _score_cine_subject(gt_file: Path, submissions: Sequence[Tuple[str, Path]], protocol: str, swap: Optional[bool]):
+    """Score the submissions of one (subject, view), every sampling scenario, against one ground truth
+    (read and transformed once). Returns ``[(name, scores or None, problem or None)]``."""
+    try:
+        target = cine_target(gt_file)
+    except FormatError as exc:
+        return [(name, None, f"{exc} (ground truth of {sub})") for name, sub in submissions]
+    except ValueError as exc:
+        return [(name, None, f"{gt_file}: -: {exc} (ground truth of {sub})") for name, sub in submissions]
+    out = []
+    for name, sub in submissions:
+        try:
+            recon = read_cine_submission(sub, target.shape)
+            out.append((name, file_scores(cine_ranking_metrics(recon, target, protocol, swap)), None))
+        except FormatError as exc:
+            out.append((name, None, str(exc)))
+        except ValueError as exc:  # e.g. images smaller than the SSIM window
+            out.append((name, None, f"{sub}: -: {exc}"))
+    return out
+
+
+def evaluate_cine(
+    gt_set,
+    submission,
+    protocol: str,
+    swap: Optional[bool] = None,
+    progress: bool = True,
+    workers: Optional[int] = None,
+) -> Tuple[Dict[str, object], List[str]]:
+    """Score a CMRxRecon cine submission against the set folder ``gt_set``. Returns ``(result,
+    problems)``; a missing or failed file is one problem line naming it and counts as a failure, the
+    others are still scored.
+
+    Expected files: every case of :func:`data.cine.list_cine_cases` (2023 ``AccFactorXX/P###/
+    cine_<view>.mat``, 2024 ``UnderSample_TaskN/P###/cine_<view>_kus_<mask>.mat``) with a FullSample
+    ground truth, at the same relative path below the submission folder (:func:`resolve_submission`).
+    A case without FullSample file is reported and not expected (the organisers exclude such cases).
+
+    ``result``: :func:`utils.metrics.aggregate_ranking_scores` (``psnr``, ``ssim``, ``nmse``, their
+    ``*_adj``, ``n_files``, ``n_success``, ``groups`` per ``cine_<view>/<AccFactorXX or mask>``) plus
+    ``protocol``, ``swap`` (whether the reconstruction was the reference,
+    :data:`utils.metrics.SWAPPED_PROTOCOLS`), ``submission`` (the resolved folder) and ``files``:
+    ``{"AccFactor04/P001/cine_sax": {"group", "psnr", "ssim", "nmse", "images"} or {"group", "error"}}``.
+    """
+    from data.cine import list_cine_cases
+
+    gt_set, submission = Path(gt_set), Path(submission)
+    cases = list_cine_cases(gt_set)
+    problems = [f"{gt_set / 'FullSample' / c.subject / f'cine_{c.view}.mat'}: -: no FullSample ground truth for "
+                f"{c.kspace_path}; not scored" for c in cases if c.full_path is None]
+    cases = [c for c in cases if c.full_path is not None]
+    sub_root, only = resolve_submission(submission, gt_set.name, sorted({c.relpath.parts[0] for c in cases}))
+    if only is not None:
+        cases = [c for c in cases if c.relpath.parts[0] == only]
+    jobs: Dict[Path, List[Tuple[str, Path]]] = {}
+    groups: Dict[str, str] = {}
+    for c in cases:
+        name = c.relpath.with_suffix("").as_posix()
+        jobs.setdefault(c.full_path, []).append((name, sub_root / c.relpath))
+        groups[name] = c.group
+    files: Dict[str, Dict[str, object]] = {}
+    workers = workers or default_workers()
+    # one worker: no thread at all (a worker thread's malloc arena returns memory to the system and
+    # page-faults every large buffer in again, about 30% more CPU here)
+    pool = ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext()
+    with _single_threaded_torch(), pool:
+        mapper = pool.map if workers > 1 else map
+        outcomes = mapper(lambda job: _score_cine_subject(job[0], job[1], protocol, swap), jobs.items())
+        for outcome in tqdm(outcomes, total=len(jobs), desc="evaluate cine", unit="case", disable=not progress, file=sys.stderr):
+            for name, scores, problem in outcome:
+                files[name] = {"group": groups[name], **(scores or {"error": problem})}
+                if problem is not None:
+                    problems.append(problem)
+    names = list(groups)  # list_cine_cases order: folder, subject, file
+    result = aggregate_ranking_scores(((files[n]["group"], None if "error" in files[n] else files[n]) for n in names), protocol)
+    result.update(
+        protocol=protocol,
+        swap=protocol in SWAPPED_PROTOCOLS if swap is None else bool(swap),
+        submission=str(sub_root),
+        files={n: files[n] for n in names},
+    )
+    return result, problems
+
+
+def format_cine_report(result: Dict[str, object]) -> str:
+    """Per group and overall: files scored / expected, SSIM, PSNR (dB), NMSE, and the adjusted three."""
+    ref = "reconstruction, as the organisers' script" if result["swap"] else "target"
+    lines = [
+        f"CMRxRecon cine ranking metric, protocol {result['protocol']} (reference for data range and NMSE: {ref})",
+        f"{'group':<28}{'files':>9}{'SSIM':>9}{'PSNR':>9}{'NMSE':>9}   {'adj.SSIM':>9}{'adj.PSNR':>9}{'adj.NMSE':>9}",
+    ]
+    for name, g in list(result["groups"].items()) + [("Overall", result)]:
+        lines.append(
+            f"{name:<28}{g['n_success']:>4}/{g['n_files']:<4}{g['ssim']:>9.4f}{g['psnr']:>9.2f}{g['nmse']:>9.4f}   "
+            f"{g['ssim_adj']:>9.4f}{g['psnr_adj']:>9.2f}{g['nmse_adj']:>9.4f}"
+        )
+    return "\n".join(lines)
+
+
+def parse_cine_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Flags of ``--task cine``, checked before any file is read (``parser.error``: exit status 2)."""
+    from data.cine import find_cine_sets, is_cine_set, list_cine_cases
+    from utils.io import OutputError, prepare_output_file
+
+    parser = argparse.ArgumentParser(
+        prog="evaluate.py --task cine",
+        description="Score a CMRxRecon cine submission with the organisers' ranking metric.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--task", choices=("snu", "cine"), default="cine", help=argparse.SUPPRESS)
+    parser.add_argument("--protocol", choices=CINE_PROTOCOLS, required=True,
+                        help="per-image normalisation: 2023 x/max, 2024 z-score, 2025 |x|/p99.5")
+    parser.add_argument("--path_gt", type=Path, required=True,
+                        help="CMRxRecon set folder, e.g. .../MultiCoil/Cine/ValidationSet (FullSample/ and AccFactorXX/)")
+    parser.add_argument("--path_your_data", "-yp", type=Path, required=True,
+                        help="submission: the Submission root (or the folder holding it), the set level holding "
+                             "AccFactorXX/, or one AccFactorXX folder")
+    parser.add_argument("--no_swap", action="store_true",
+                        help="use the target as the reference (data range, NMSE denominator) also for 2024/2025, "
+                             "whose organisers' scripts use the reconstruction")
+    parser.add_argument("--json", type=Path, default=None, help="also write the scores (overall, groups, files) here")
+    parser.add_argument("--workers", type=int, default=None, help="cases scored in parallel (None: usable cores, at most 8)")
+    parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    args = parser.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
+    if not is_cine_set(args.path_gt):
+        below = [str(p) for p in find_cine_sets(args.path_gt)] if args.path_gt.is_dir() else []
+        hint = f"; set folders below it: {', '.join(below)}" if below else ""
+        parser.error(f"--path_gt {args.path_gt}: not a CMRxRecon set folder (no FullSample/ or AccFactorXX/){hint}")
+    if not list_cine_cases(args.path_gt):
+        parser.error(f"--path_gt {args.path_gt}: no AccFactorXX/ or UnderSample_TaskN/ case, so no submission file is expected")
+    if not args.path_your_data.is_dir():
+        parser.error(f"--path_your_data {args.path_your_data}: folder not found")
+    if args.json is not None:
+        try:
+            prepare_output_file(args.json)
+        except OutputError as exc:
+            parser.error(f"--json {exc}")
+    return args
+
+
+def main_cine(argv: Optional[Sequence[str]] = None) -> int:
+    """``evaluate.py --task cine``: exit 0 when at least one file was scored (failures are listed on
+    stderr and count in the adjusted scores), 1 when none could be, 2 for usage errors."""
+    args = parse_cine_args(argv)
+    result, problems = evaluate_cine(args.path_gt, args.path_your_data, args.protocol,
+                                     False if args.no_swap else None, not args.no_progress, args.workers)
+    for line in problems:
+        print(line, file=sys.stderr)
+    if result["n_success"] == 0:
+        print(f"evaluation failed: none of the {result['n_files']} expected file(s) could be scored "
+              f"(submission folder {result['submission']})", file=sys.stderr)
+        return 1
+    if problems:
+        print(f"{len(problems)} problem(s); failed files count in the adjusted scores", file=sys.stderr)
+    print(format_cine_report(result))
+    if args.json is not None:
+        try:
+            write_json(result, args.json)
+        except OSError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def requested_task(argv: Optional[Sequence[str]] = None) -> str:
+    """The ``--task`` of a command line (``"snu"`` when absent), without parsing the rest."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--task", choices=("snu", "cine"), default="snu")
+    known, _ = pre.parse_known_args(argv)
+    return known.task
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--path_leaderboard_data", "-lp", type=Path, required=True, help="folder with acc4/image and acc8/image")
@@ -220,6 +487,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="also write PNGs (zero-filled | GRAPPA | reconstruction | target | error) here")
     parser.add_argument("--figure_volumes", type=int, default=1,
                         help="volumes per anatomy and acceleration drawn with --figures")
+    parser.add_argument("--task", choices=("snu", "cine"), default="snu",
+                        help="snu: this leaderboard metric; cine: the CMRxRecon ranking metric (see --task cine -h)")
     args = parser.parse_args(argv)
     check_args(parser, args)
     return args
@@ -261,6 +530,8 @@ def write_figures(leaderboard_dir: Path, recon_dir: Path, out_dir: Path, output_
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    if requested_task(argv) == "cine":
+        return main_cine(argv)
     args = parse_args(argv)
     result, problems = evaluate_leaderboard(
         args.path_leaderboard_data, args.path_your_data, args.output_key, not args.no_progress, args.workers

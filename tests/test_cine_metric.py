@@ -239,3 +239,187 @@ def test_file_scores_nan_mean():
     s = file_scores({"psnr": np.array([[30.0, np.nan]]), "ssim": np.array([[0.5, 0.7]]), "nmse": np.array([[np.nan, np.nan]])})
     assert s == {"psnr": 30.0, "ssim": pytest.approx(0.6), "nmse": s["nmse"], "images": 2}
     assert np.isnan(s["nmse"])
+
+
+# ------------------------------------------------------------------------------ evaluate.py --task cine
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import evaluate  # noqa: E402
+from data.cine import write_cine_fullsample, write_cine_undersampled, write_submission_file  # noqa: E402
+from data.matlab import write_mat73  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+# subject -> view -> (frames, slices); k-space is (t, slices, coils=2, ky=24, kx=36)
+CASES = {"P001": {"cine_sax": (4, 3), "cine_lax": (3, 1)}, "P002": {"cine_sax": (3, 5)}}
+KY, KX = 24, 36
+# hand-computed ranking geometry: crop (round(24/2), round(36/3)) = (12, 12) at MATLAB starts 12-6, 18-6
+CROP = (slice(6, 18), slice(12, 24))
+KEPT = {1: [0], 2: [0, 1], 3: [0, 1], 5: [1, 2]}
+
+
+def _kspace(rng, t, sz):
+    yy, xx = np.mgrid[:KY, :KX]
+    blob = np.exp(-(((yy - KY / 2) / 6.0) ** 2 + ((xx - KX / 2) / 9.0) ** 2))
+    image = blob * (1 + 0.3 * rng.random((t, sz, 2, KY, KX))) * np.exp(1j * rng.random((t, sz, 2, 1, 1)))
+    return np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(image, axes=(-2, -1)), norm="ortho"), axes=(-2, -1)).astype(np.complex64)
+
+
+def _numpy_target(kspace):
+    """run4Ranking by hand in numpy: centred ifft2, RSS, frames 0-2, the kept slices, the crop."""
+    image = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(kspace, axes=(-2, -1)), norm="ortho"), axes=(-2, -1))
+    rss = np.sqrt((np.abs(image) ** 2).sum(axis=2))
+    return rss[:3, KEPT[kspace.shape[1]]][..., CROP[0], CROP[1]].astype(np.float32)
+
+
+def _write_set(root, layout, rng, subjects=CASES, accelerations=(4, 8)):
+    """A tiny CMRxRecon set (FullSample + undersampled inputs and masks, written by data.cine) and a
+    perfect-but-noisy submission mirroring it; returns (set folder, submission set folder, targets)."""
+    gt_set = root / "MultiCoil" / "Cine" / "ValidationSet"
+    sub_set = root / "out" / "Submission" / "MultiCoil" / "Cine" / "ValidationSet"
+    targets = {}
+    for subject, views in subjects.items():
+        for view, (t, sz) in views.items():
+            k = _kspace(rng, t, sz)
+            write_cine_fullsample(gt_set, subject, view[5:], k)
+            targets[(subject, view)] = _numpy_target(k)
+            for acc in accelerations:
+                mask = np.zeros((KY, KX), np.float32)
+                mask[:, ::acc] = 1
+                mask[:, KX // 2 - 4 : KX // 2 + 4] = 1
+                kpath, _ = write_cine_undersampled(gt_set, subject, view[5:], k, mask, acc, layout=layout)
+                noise = 0.02 if acc == 4 else 0.05
+                recon = targets[(subject, view)] * (1 + noise * rng.standard_normal(targets[(subject, view)].shape))
+                write_submission_file(sub_set / kpath.relative_to(gt_set), recon)
+    return gt_set, sub_set, targets
+
+
+@pytest.fixture
+def cine_set(tmp_path):
+    """The 2023 layout, with one missing, one wrong-shape and one corrupt submission file; returns
+    (set folder, submission output root, targets)."""
+    gt_set, sub_set, targets = _write_set(tmp_path, "2023", np.random.default_rng(11))
+    (sub_set / "AccFactor08" / "P002" / "cine_sax.mat").unlink()  # missing
+    write_mat73(sub_set / "AccFactor08" / "P001" / "cine_lax.mat", {"img4ranking": np.ones((3, 1, 12, 11), np.float32)})
+    (sub_set / "AccFactor04" / "P002" / "cine_sax.mat").write_bytes(b"MATLAB 7.3 MAT-file, truncated")
+    return gt_set, tmp_path / "out", targets
+
+
+def _expected_file_score(sub_file, target, protocol):
+    """The organisers' per-file score, from skimage, with their argument order for the year."""
+    recon = evaluate.read_cine_submission(sub_file, target.shape)
+    per_image = _skimage_scores(recon, target, protocol, swap=protocol != "2023")
+    return {k: float(np.mean(v)) for k, v in per_image.items()}
+
+
+@pytest.mark.parametrize("protocol", ["2023", "2025"])
+def test_cli_scores_set_with_failures(cine_set, tmp_path, capsys, protocol):
+    gt_set, out, targets = cine_set
+    json_path = tmp_path / "scores" / "cine.json"
+    rc = evaluate.main(["--task", "cine", "--protocol", protocol, "--path_gt", str(gt_set), "--path_your_data", str(out),
+                        "--json", str(json_path), "--no_progress", "--workers", "2"])
+    captured = capsys.readouterr()
+    assert rc == 0
+    sub_set = out / "Submission" / "MultiCoil" / "Cine" / "ValidationSet"
+    for name, words in (("AccFactor08/P002/cine_sax.mat", ["not found"]), ("AccFactor08/P001/cine_lax.mat", ["shape", "(3, 1, 12, 11)"]),
+                        ("AccFactor04/P002/cine_sax.mat", [])):
+        line = [ln for ln in captured.err.splitlines() if str(sub_set / name) in ln]
+        assert len(line) == 1 and all(w in line[0] for w in words), captured.err
+    assert "cine_sax/AccFactor04" in captured.out and "Overall" in captured.out
+    result = json.loads(json_path.read_text())
+    assert set(result["groups"]) == {"cine_lax/AccFactor04", "cine_lax/AccFactor08", "cine_sax/AccFactor04", "cine_sax/AccFactor08"}
+    assert (result["n_files"], result["n_success"]) == (6, 3) and result["protocol"] == protocol
+    assert "error" in result["files"]["AccFactor08/P002/cine_sax"]
+    # independent recomputation: numpy ground truth, skimage per image, organisers' aggregation
+    expected = {}
+    for acc in ("AccFactor04", "AccFactor08"):
+        for subject, views in CASES.items():
+            for view in views:
+                key = f"{acc}/{subject}/{view}"
+                if "error" not in result["files"][key]:
+                    expected[key] = _expected_file_score(sub_set / acc / subject / f"{view}.mat", targets[(subject, view)], protocol)
+                    for m in ("psnr", "ssim", "nmse"):
+                        assert result["files"][key][m] == pytest.approx(expected[key][m], rel=1e-5, abs=1e-6), (key, m)
+    assert set(expected) == {"AccFactor04/P001/cine_sax", "AccFactor04/P001/cine_lax", "AccFactor08/P001/cine_sax"}
+    sax04 = result["groups"]["cine_sax/AccFactor04"]  # P001 scored, P002 corrupt
+    assert sax04["ssim"] == pytest.approx(expected["AccFactor04/P001/cine_sax"]["ssim"], rel=1e-6)
+    assert sax04["ssim_adj"] == pytest.approx(expected["AccFactor04/P001/cine_sax"]["ssim"] / 2, rel=1e-6)
+    assert result["groups"]["cine_lax/AccFactor08"]["n_success"] == 0 and result["groups"]["cine_lax/AccFactor08"]["ssim_adj"] == 0
+    assert result["ssim"] == pytest.approx(np.mean([expected[k]["ssim"] for k in expected]), rel=1e-6)  # one file per scored group
+
+
+def test_cli_submission_levels_and_axis_order(cine_set, capsys):
+    gt_set, out, targets = cine_set
+    sub_set = out / "Submission" / "MultiCoil" / "Cine" / "ValidationSet"
+    good = sub_set / "AccFactor04" / "P001" / "cine_sax.mat"
+    base = evaluate.evaluate_cine(gt_set, out, "2024", progress=False)[0]["files"]["AccFactor04/P001/cine_sax"]
+    # MATLAB-order array written by a plain numpy/h5py writer: accepted (transposed), same scores
+    write_mat73(good, {"img4ranking": evaluate.read_cine_submission(good, targets[("P001", "cine_sax")].shape).T.copy()})
+    for level in (out, out / "Submission", sub_set):
+        result, _ = evaluate.evaluate_cine(gt_set, level, "2024", progress=False)
+        assert result["n_files"] == 6 and result["files"]["AccFactor04/P001/cine_sax"] == base
+    result, problems = evaluate.evaluate_cine(gt_set, sub_set / "AccFactor04", "2024", progress=False)
+    assert result["n_files"] == 3 and set(result["groups"]) == {"cine_sax/AccFactor04", "cine_lax/AccFactor04"}
+    assert len(problems) == 1  # the corrupt P002 file only
+    swapped = evaluate.evaluate_cine(gt_set, out, "2024", swap=False, progress=False)[0]
+    assert swapped["swap"] is False and swapped["files"]["AccFactor04/P001/cine_sax"]["nmse"] != base["nmse"]
+
+
+def test_cli_usage_errors_and_nothing_scored(cine_set, tmp_path, capsys):
+    gt_set, out, _ = cine_set
+    for argv, words in (
+        (["--protocol", "2025", "--path_gt", str(tmp_path), "--path_your_data", str(out)], "FullSample"),
+        (["--protocol", "2026", "--path_gt", str(gt_set), "--path_your_data", str(out)], "protocol"),
+        (["--protocol", "2025", "--path_gt", str(gt_set), "--path_your_data", str(tmp_path / "nope")], "not found"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            evaluate.main(["--task", "cine", *argv])
+        assert exc.value.code == 2 and words in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc = evaluate.main(["--task", "cine", "--protocol", "2025", "--path_gt", str(gt_set), "--path_your_data", str(empty), "--no_progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "none of the 6 expected file(s)" in err and err.count("submission file not found") == 6
+
+
+def test_cli_subprocess(cine_set, tmp_path):
+    gt_set, out, _ = cine_set
+    proc = subprocess.run(
+        [sys.executable, "evaluate.py", "--task", "cine", "--protocol", "2025", "--path_gt", str(gt_set),
+         "--path_your_data", str(out), "--json", str(tmp_path / "r.json"), "--no_progress"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "protocol 2025" in proc.stdout and (tmp_path / "r.json").is_file()
+
+
+def test_2024_layout_groups_by_mask_name(tmp_path):
+    gt_set, sub_set, targets = _write_set(tmp_path, "2024", np.random.default_rng(12), subjects={"P001": {"cine_sax": (3, 2)}})
+    result, problems = evaluate.evaluate_cine(gt_set, tmp_path / "out", "2024", progress=False, workers=1)
+    assert not problems and (result["n_files"], result["n_success"]) == (2, 2)
+    assert set(result["groups"]) == {"cine_sax/Uniform4", "cine_sax/Uniform8"}
+    assert set(result["files"]) == {"UnderSample_Task1/P001/cine_sax_kus_Uniform4", "UnderSample_Task1/P001/cine_sax_kus_Uniform8"}
+    f = result["files"]["UnderSample_Task1/P001/cine_sax_kus_Uniform4"]
+    expected = _expected_file_score(sub_set / "UnderSample_Task1/P001/cine_sax_kus_Uniform4.mat", targets[("P001", "cine_sax")], "2024")
+    assert f["ssim"] == pytest.approx(expected["ssim"], rel=1e-6) and f["images"] == 6
+
+
+def test_bad_ground_truth_and_non_finite_submission(cine_set):
+    gt_set, out, _ = cine_set
+    sub_set = out / "Submission" / "MultiCoil" / "Cine" / "ValidationSet"
+    k = _kspace(np.random.default_rng(13), 3, 1)
+    k[0, 0, 1, 5, 5] = np.nan
+    write_cine_fullsample(gt_set, "P001", "lax", k)  # NaN in a ranked frame: both accelerations fail
+    bad = sub_set / "AccFactor04" / "P001" / "cine_sax.mat"
+    recon = evaluate.read_cine_submission(bad, (3, 2, 12, 12)).copy()
+    recon[1, 1, 3, 3] = np.inf
+    write_submission_file(bad, recon)
+    result, problems = evaluate.evaluate_cine(gt_set, out, "2023", progress=False, workers=2)
+    gt_file = gt_set / "FullSample" / "P001" / "cine_lax.mat"
+    assert sum(str(gt_file) in p and "non-finite" in p for p in problems) == 2
+    assert sum(str(bad) in p and "non-finite" in p for p in problems) == 1
+    assert (result["n_files"], result["n_success"]) == (6, 1)  # only AccFactor08/P001/cine_sax is left
+    assert "error" not in result["files"]["AccFactor08/P001/cine_sax"]
