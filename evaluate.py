@@ -244,19 +244,36 @@ def write_json(result: Dict[str, object], path) -> None:
 _SUBMISSION_MAX_BYTES = 2**28  # an img4ranking declaring more than this is refused unread
 
 
+def _submission_top(top: str) -> str:
+    """The organisers' 2024 submissions name ``UnderSample_TaskN`` folders ``TaskN``."""
+    return top[len("UnderSample_"):] if top.startswith("UnderSample_Task") else top
+
+
 def resolve_submission(path: Path, set_name: str, tops: Sequence[str]) -> Tuple[Path, Optional[str]]:
     """``(folder mirroring the set, only)`` for a submission given at any of these levels, where
     ``tops`` are the set's case folders (``AccFactor04``, ``UnderSample_Task1``, ...) and ``set_name``
     the set folder's name: the reconstruction output ``R`` (``R/Submission/MultiCoil/Cine/<Set>``), the
-    ``Submission`` root (``MultiCoil/Cine/<Set>`` below it), the set level (holding ``AccFactorXX/``)
-    or one case folder such as ``AccFactor04`` (then ``only`` names it and only its cases are
-    expected). Unrecognised: ``(path, None)``, and every file will be missing."""
-    for candidate in (path / "Submission" / "MultiCoil" / "Cine" / set_name, path / "MultiCoil" / "Cine" / set_name):
-        if any((candidate / t).is_dir() for t in tops):
+    ``Submission`` root (``MultiCoil/Cine/<Set>`` or, as 2024 submissions, ``Cine/<Set>`` below it),
+    the set level (holding ``AccFactorXX/``, ``UnderSample_TaskN/`` or ``TaskN/``) or one case folder
+    such as ``AccFactor04`` (then ``only`` names the set's folder and only its cases are expected).
+    Unrecognised: ``(path, None)``, and every file will be missing."""
+    names = {n: t for t in tops for n in (t, _submission_top(t))}
+    for candidate in (path / "Submission" / "MultiCoil" / "Cine" / set_name, path / "MultiCoil" / "Cine" / set_name,
+                      path / "Cine" / set_name):
+        if any((candidate / n).is_dir() for n in names):
             return candidate, None
-    if path.name in tops and not any((path / t).is_dir() for t in tops):
-        return path.parent, path.name
+    if path.name in names and not any((path / n).is_dir() for n in names):
+        return path.parent, names[path.name]
     return path, None
+
+
+def submission_file(root: Path, relpath: Path) -> Path:
+    """Where a case's submission file is: ``root/relpath`` (the set's own layout, as reconstruct.py
+    writes it), else the organisers' 2024 name ``TaskN/...`` for ``UnderSample_TaskN/...`` when only
+    that exists."""
+    mine = root / relpath
+    theirs = root / _submission_top(relpath.parts[0]) / Path(*relpath.parts[1:])
+    return theirs if not mine.is_file() and theirs.is_file() else mine
 
 
 def cine_target(gt_file: Path) -> np.ndarray:
@@ -336,7 +353,9 @@ def evaluate_cine(
 
     Expected files: every case of :func:`data.cine.list_cine_cases` (2023 ``AccFactorXX/P###/
     cine_<view>.mat``, 2024 ``UnderSample_TaskN/P###/cine_<view>_kus_<mask>.mat``) with a FullSample
-    ground truth, at the same relative path below the submission folder (:func:`resolve_submission`).
+    ground truth, at the same relative path below the submission folder (:func:`resolve_submission`,
+    :func:`submission_file`: 2024's ``TaskN/`` accepted for ``UnderSample_TaskN/``). Groups are view x
+    acceleration or mask name (the organisers' 2024 script pools the cine views of one mask name).
     A case without FullSample file is reported and not expected (the organisers exclude such cases).
 
     ``result``: :func:`utils.metrics.aggregate_ranking_scores` (``psnr``, ``ssim``, ``nmse``, their
@@ -359,7 +378,7 @@ def evaluate_cine(
     groups: Dict[str, str] = {}
     for c in cases:
         name = c.relpath.with_suffix("").as_posix()
-        jobs.setdefault(c.full_path, []).append((name, sub_root / c.relpath))
+        jobs.setdefault(c.full_path, []).append((name, submission_file(sub_root, c.relpath)))
         groups[name] = c.group
     files: Dict[str, Dict[str, object]] = {}
     workers = workers or default_workers()

@@ -405,6 +405,13 @@ def test_2024_layout_groups_by_mask_name(tmp_path):
     f = result["files"]["UnderSample_Task1/P001/cine_sax_kus_Uniform4"]
     expected = _expected_file_score(sub_set / "UnderSample_Task1/P001/cine_sax_kus_Uniform4.mat", targets[("P001", "cine_sax")], "2024")
     assert f["ssim"] == pytest.approx(expected["ssim"], rel=1e-6) and f["images"] == 6
+    # the organisers' 2024 submission layout: <Submission>/Cine/<Set>/Task1/P001/cine_sax_kus_Uniform4.mat
+    theirs = tmp_path / "theirs" / "Cine" / "ValidationSet" / "Task1"
+    theirs.parent.mkdir(parents=True)
+    (sub_set / "UnderSample_Task1").rename(theirs)
+    for level in (tmp_path / "theirs", theirs):
+        again, problems = evaluate.evaluate_cine(gt_set, level, "2024", progress=False, workers=1)
+        assert not problems and again["files"] == result["files"]
 
 
 def test_bad_ground_truth_and_non_finite_submission(cine_set):
