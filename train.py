@@ -111,6 +111,12 @@ def build_parser(model_name: Optional[str]) -> argparse.ArgumentParser:
     data.add_argument("--data_path_train", default=str(Path(_default_root("DATA_ROOT", "Data")) / "train"))
     data.add_argument("--data_path_val", default=None, help="leaderboard-style folder (kspace/ image/) for a per-epoch SSIM")
     data.add_argument("--loss", choices=RECONSTRUCTION_LOSSES, default="ssim")
+    data.add_argument("--perceptual_vgg", default=None,
+                      help="local VGG19 weights (.safetensors or weights-only .pth): adds the relu5_1 perceptual loss")
+    data.add_argument("--perceptual_weight", type=finite_float, default=1e-4, help="weight of the perceptual loss")
+    data.add_argument("--adversarial_weight", type=finite_float, default=0.0,
+                      help="WGAN-GP generator weight (KGMgT: 1e-6; needs a model with a discriminator)")
+    data.add_argument("--gradient_penalty_weight", type=finite_float, default=10.0, help="WGAN-GP gradient penalty weight")
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--num_epochs", type=int, default=20, help="epoch at which the cosine reaches min_lr")
     opt.add_argument("--warmup_epochs", type=finite_float, default=1.0)
@@ -232,7 +238,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from data.datasets import SliceDataset, VolumeImageDataset, collate_training
     from data.masks import MaskSampler
     from data.transforms import TrainingTransform
-    from models import CLASSIFIERS, OTHER_MODELS, build_config, model_entry
+    from models import CINE_MODELS, CLASSIFIERS, OTHER_MODELS, build_config, model_entry
     from utils.engine import EngineConfig, prefer_interpreter_ninja, resume_state, shutdown_distributed, train
     from utils.objectives import ClassificationObjective, ReconstructionObjective
 
@@ -288,6 +294,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     if not is_classifier and args.task is None:
         raise SystemExit("error: --task {brain,knee,cine} is required for reconstruction models")
+    if args.model in CINE_MODELS and args.task != "cine":
+        raise SystemExit(f"error: --model {args.model} reconstructs cine frames: use --task cine")
+    if args.adversarial_weight > 0 and not getattr(config, "discriminator_width", 0):
+        raise SystemExit(f"error: --adversarial_weight needs a model with a discriminator (e.g. --model kgmgt "
+                         f"--discriminator_width 32); --model {args.model} has none")
+    if not is_classifier:
+        try:
+            recon_objective = ReconstructionObjective(args.loss, args.perceptual_weight, args.perceptual_vgg,
+                                                      args.adversarial_weight, args.gradient_penalty_weight, engine_cfg.seed)
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}") from None
     if is_classifier:
         dataset = VolumeImageDataset([args.data_path_train])
         collate_fn, objective = None, ClassificationObjective()
@@ -301,14 +318,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sampler = CineMaskSampler(args.mask_type, args.acceleration, args.seed)
         dataset = CineSliceDataset([args.data_path_train], getattr(config, "num_adj_slices", 1),
                                    CineTrainingTransform(sampler), views=args.cine_views)
-        collate_fn, objective = collate_training, ReconstructionObjective(args.loss)
+        collate_fn, objective = collate_training, recon_objective
     else:
         aug_cfg = AugmentConfig.from_mapping({**vars(args), "num_epochs": args.num_epochs})
         sampler = MaskSampler(args.mask_type, args.acceleration, args.seed)
         augment = MRAugment(aug_cfg) if aug_cfg.aug_on else None
         transform = TrainingTransform(sampler.sample, augment=augment, seed=args.seed)
         dataset = SliceDataset(args.data_path_train, args.task, getattr(config, "num_adj_slices", 1), transform)
-        collate_fn, objective = collate_training, ReconstructionObjective(args.loss)
+        collate_fn, objective = collate_training, recon_objective
 
     validate = None
     if args.data_path_val and not is_classifier:

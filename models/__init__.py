@@ -36,6 +36,8 @@ MODEL_REGISTRY: Dict[str, Tuple[Type[nn.Module], Type[ModelConfig]]] = {
 CLASSIFIERS = ("anatomy_cnn", "nnmamba_cls")
 #: Registry names that are neither reconstruction models nor routing classifiers.
 OTHER_MODELS = ("nnmamba_seg",)
+#: Reconstruction models for cine only (frames τ-1, τ, τ+1 in, the full ``(B, H, W)`` image out).
+CINE_MODELS = ("kgmgt",)
 
 
 def model_entry(name: str) -> Tuple[Type[nn.Module], Type[ModelConfig]]:

@@ -494,9 +494,9 @@ class RefinementCNN(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """WGAN critic on magnitude images ``(B, 1, H, W) -> (B,)``: five blocks of (3x3 conv, LeakyReLU,
-    4x4 stride-2 conv, LeakyReLU) doubling the width from ``width`` (at most 8x), global average pool,
-    linear. No sigmoid and no batch norm (a WGAN-GP critic must be linear in its output and its gradient
+    """WGAN critic on magnitude images ``(B, 1, H, W) -> (B,)``, any H, W: five blocks of (3x3 conv,
+    LeakyReLU, 3x3 stride-2 conv, LeakyReLU) doubling the width from ``width`` (at most 8x), global average
+    pool, linear. No sigmoid and no batch norm (a WGAN-GP critic must be linear in its output and its gradient
     penalty is per sample; the released code's sigmoid is not kept)."""
 
     def __init__(self, width: int, in_channels: int = 1, blocks: int = 5):
@@ -504,7 +504,7 @@ class Discriminator(nn.Module):
         layers, cin = [], in_channels
         for i in range(blocks):
             cout = width * min(2 ** i, 8)
-            layers += [nn.Conv2d(cin, cout, 3, 1, 1), nn.LeakyReLU(0.2), nn.Conv2d(cout, cout, 4, 2, 1), nn.LeakyReLU(0.2)]
+            layers += [nn.Conv2d(cin, cout, 3, 1, 1), nn.LeakyReLU(0.2), nn.Conv2d(cout, cout, 3, 2, 1), nn.LeakyReLU(0.2)]
             cin = cout
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(cin, 1)

@@ -18,6 +18,10 @@
 # epochs C1/C2/C3 (the PromptMR+ reference trains 12 epochs at 2e-4 for CMRxRecon).
 # demo/tiny shrink the epoch counts (E1/E2/E3 below) and keep the same shape of schedule; demo raises the
 # learning rates (LR1..LR3) for its small model.
+# MODEL=kgmgt (cine): KGMgT's recipe (shared/research/cine_tokenizer.md §1.4): L1 loss, Adam without weight
+# decay or gradient clipping, the offset layers at their scaled learning rates (model config), challenge
+# learning rates 1e-3/5e-4/2e-4 (the released lr_g is 1e-3); PERCEPTUAL_VGG=<local VGG19 weights> adds the
+# relu5_1 perceptual loss (1e-4), KGMGT_GAN=1 the WGAN-GP term (1e-6, penalty 10) with a width-32 critic.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 PRESET="${PRESET:-challenge}"
 MODEL="${MODEL:-promptmr}"
@@ -56,11 +60,22 @@ if [[ "${1:-}" == "cine" ]]; then
     step="$2"; shift 2
     net="${MODEL}_cine"
     ckpt="$RESULT_ROOT/$net/checkpoints"
+    model_flags=() first_flags=()
+    if [[ "$MODEL" == kgmgt ]]; then
+        model_flags=(--loss l1 --weight_decay 0 --gradient_clipping 0)
+        [[ "$PRESET" == challenge ]] && LR1=1e-3 LR2=5e-4 LR3=2e-4
+        [[ -n "${PERCEPTUAL_VGG:-}" ]] && model_flags+=(--perceptual_vgg "$PERCEPTUAL_VGG" --perceptual_weight 1e-4)
+        if [[ "${KGMGT_GAN:-0}" == 1 ]]; then
+            model_flags+=(--adversarial_weight 1e-6 --gradient_penalty_weight 10)
+            first_flags=(--discriminator_width 32)  # a model config field: steps 2 and 3 take it from the checkpoint
+        fi
+    fi
     run=("${launch[@]}" --net_name "$net" --model "$MODEL" --task cine --mask_type "${CINE_MASK:-uniform}"
-         --acceleration 4 8 10 --data_path_train "$DATA_ROOT/CMRxRecon/MultiCoil/Cine/TrainingSet" "${common[@]}")
+         --acceleration 4 8 10 --data_path_train "$DATA_ROOT/CMRxRecon/MultiCoil/Cine/TrainingSet" "${common[@]}"
+         "${model_flags[@]}")
     case "$step" in
-        1) exec "${run[@]}" --step 1 --preset "cine_$PRESET" --max_lr "$LR1" --min_lr 0 --warmup_epochs "$WARM" \
-               --num_epochs "$CP1" --stop_epoch "$C1" "$@" ;;
+        1) exec "${run[@]}" --step 1 --preset "cine_$PRESET" "${first_flags[@]}" --max_lr "$LR1" --min_lr 0 \
+               --warmup_epochs "$WARM" --num_epochs "$CP1" --stop_epoch "$C1" "$@" ;;
         2) exec "${run[@]}" --step 2 --restart_from_checkpoint "$ckpt/step1/epoch-$C1" --continue_lr_scheduler false \
                --max_lr "$LR2" --min_lr 0 --warmup_epochs 0 --num_epochs "$CP2" --stop_epoch "$C2" "$@" ;;
         3) exec "${run[@]}" --step 3 --restart_from_checkpoint "$ckpt/step2/epoch-$C2" --continue_lr_scheduler false \

@@ -194,18 +194,22 @@ def _is_norm(module: nn.Module) -> bool:
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
-    """AdamW groups: weight decay on weights; none on biases, norm parameters and scalars."""
-    decay, no_decay = [], []
-    for module in model.modules():
+    """AdamW groups: weight decay on weights; none on biases, norm parameters and scalars.
+
+    A model with a ``parameter_lr_scale(name) -> float`` method (KGMgT: its offset layers and critic) gets
+    one group per (decay, scale); a group's ``"lr_scale"`` multiplies the scheduled learning rate. Groups
+    at scale 1 come first (the first group's learning rate is the scheduled one)."""
+    scale_of = getattr(model, "parameter_lr_scale", None)
+    groups: Dict[tuple, List[nn.Parameter]] = {}
+    for module_name, module in model.named_modules():
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad:
                 continue
-            if name.endswith("bias") or _is_norm(module) or param.ndim <= 1:
-                no_decay.append(param)
-            else:
-                decay.append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+            no_decay = bool(name.endswith("bias") or _is_norm(module) or param.ndim <= 1)
+            scale = float(scale_of(f"{module_name}.{name}" if module_name else name)) if scale_of else 1.0
+            groups.setdefault((scale != 1.0, no_decay, scale), []).append(param)
+    return [{"params": params, "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": scale}
+            for (_, no_decay, scale), params in sorted(groups.items(), key=lambda kv: kv[0])]
 
 
 def read_deepspeed_json(path) -> Dict[str, Any]:
@@ -559,7 +563,7 @@ def train(
                 opt_step = i // cfg.gradient_accumulation_steps
                 lr = schedule(epoch - 1 + (opt_step + 1) / steps_per_epoch)
                 for group in engine.optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
                 loss = objective(engine, _move(batch, device), device)
                 _stop_if_not_finite(loss, batch, epoch, i, world, before_raising=bar.close)
                 engine.backward(loss)

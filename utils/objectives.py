@@ -3,26 +3,159 @@
 * :class:`ReconstructionObjective` — reconstruction models on a training batch (``masked_kspace``,
   ``mask``, ``target``, ``foreground``, ``max_value``): the leaderboard SSIM loss restricted to the
   leaderboard foreground mask with ``data_range`` = the volume's max (``loss="ssim"``), or the L1 loss on
-  the magnitude normalised by the volume's max (``loss="l1"``, HiFi-Mamba's recipe).
+  the magnitude normalised by the volume's max (``loss="l1"``, HiFi-Mamba's recipe), or their sum
+  (``loss="l1_ssim"``). Optional extra terms (KGMgT's recipe):
+
+  - perceptual: ``perceptual_weight * ||phi(x) - phi(y)||_F`` with ``phi`` VGG19 up to relu5_1
+    (:class:`VGG19Features`, weights from a local file only; magnitude / max repeated to 3 channels,
+    ImageNet normalisation);
+  - adversarial (WGAN-GP): the critic is ``model.discriminator`` and trains in the same engine step. The
+    objective returns ``L_recon + w_adv * (-D'(fake)) + [D(fake.detach()) - D(real) + w_gp * GP]`` where
+    ``D'`` is the critic evaluated with detached parameters, so the generator term never reaches the
+    critic and the critic term (on a detached output) never reaches the generator: one backward gives
+    each its own gradient and one optimizer step updates both (simultaneous updates; the released code
+    alternates a critic step and a generator step). The logged loss is then the sum of both objectives.
 * :class:`ClassificationObjective` — classifiers on ``(images (B, S, H, W), labels (B,))``: cross-entropy.
 """
 from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from utils.metrics import SSIMLoss
+from utils.seed import torch_generator
 
-RECONSTRUCTION_LOSSES = ("ssim", "l1")
+RECONSTRUCTION_LOSSES = ("ssim", "l1", "l1_ssim")
+
+#: VGG19 ``features`` layers up to relu5_1 (index 29), torchvision's numbering: (index, in, out) per conv.
+_VGG19_CONVS = ((0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256), (14, 256, 256),
+                (16, 256, 256), (19, 256, 512), (21, 512, 512), (23, 512, 512), (25, 512, 512), (28, 512, 512))
+_VGG19_POOLS = (4, 9, 18, 27)
+
+
+class VGG19Features(nn.Module):
+    """VGG19 ``features[:30]`` (conv1_1 .. relu5_1), frozen, in torchvision's layer numbering so its
+    state dict (``features.N.weight``; other keys ignored) loads from a local file: safetensors or a
+    weights-only torch file (never unpickled beyond tensors). ``forward(x (B, 3, H, W)) -> (B, 512, H/16, W/16)``.
+    Any problem with the file is one ``ValueError`` naming it."""
+
+    def __init__(self, path):
+        super().__init__()
+        layers: Dict[int, nn.Module] = {}
+        for index, cin, cout in _VGG19_CONVS:
+            layers[index], layers[index + 1] = nn.Conv2d(cin, cout, 3, 1, 1), nn.ReLU()
+        for index in _VGG19_POOLS:
+            layers[index] = nn.MaxPool2d(2)
+        self.features = nn.Sequential(*(layers[i] for i in range(30)))
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+        self._load(Path(path))
+        self.requires_grad_(False)
+        self.eval()
+
+    def _load(self, path: Path) -> None:
+        if not path.is_file():
+            raise ValueError(f"{path}: VGG19 weights file not found (--perceptual_vgg)")
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                state = load_file(str(path))
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - unreadable, truncated or unsafe: one line
+            raise ValueError(f"{path}: cannot read VGG19 weights ({' '.join(str(exc).split())[:200]})") from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ValueError(f"{path}: not a state dict of tensors")
+        own = self.state_dict()
+        missing = sorted(set(own) - set(state))
+        if missing:
+            raise ValueError(f"{path}: not VGG19 features weights: missing {missing[:3]}")
+        for key, value in own.items():
+            if tuple(state[key].shape) != tuple(value.shape):
+                raise ValueError(f"{path}: {key} has shape {tuple(state[key].shape)}, VGG19 needs {tuple(value.shape)}")
+        self.load_state_dict({k: state[k].float() for k in own})
+
+    def train(self, mode: bool = True) -> "VGG19Features":
+        return super().train(False)  # a fixed feature extractor: always in evaluation mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features((x - self.mean) / self.std)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside a DeepSpeed engine (or the module itself)."""
+    return getattr(model, "module", model)
+
+
+def _batch_seed_keys(batch) -> tuple:
+    """Integers that identify a training batch (file names, sample ids, the drawn mask), so the gradient
+    penalty's random interpolation is a function of the data, not of how a run was interrupted."""
+    names = getattr(batch, "fname", None) or []
+    ids = getattr(batch, "slice_index", None)
+    ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids or [])
+    mask_sum = int(batch.mask.detach().float().sum().item() * 16) if isinstance(getattr(batch, "mask", None), torch.Tensor) else 0
+    return (zlib.crc32("|".join(map(str, names)).encode()), sum(int(i) * 7919 ** k for k, i in enumerate(ids)) % 2**31, mask_sum)
 
 
 class ReconstructionObjective:
-    def __init__(self, loss: str = "ssim"):
+    def __init__(self, loss: str = "ssim", perceptual_weight: float = 0.0, perceptual_vgg: Optional[str] = None,
+                 adversarial_weight: float = 0.0, gradient_penalty_weight: float = 10.0, seed: int = 0):
         if loss not in RECONSTRUCTION_LOSSES:
             raise ValueError(f"loss must be one of {RECONSTRUCTION_LOSSES}, got {loss!r}")
+        for name, value in (("perceptual_weight", perceptual_weight), ("adversarial_weight", adversarial_weight),
+                            ("gradient_penalty_weight", gradient_penalty_weight)):
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
         self.loss = loss
         self.ssim = SSIMLoss()
+        self.perceptual_weight = float(perceptual_weight) if perceptual_vgg else 0.0
+        self.vgg = VGG19Features(perceptual_vgg) if perceptual_vgg and perceptual_weight > 0 else None
+        self.adversarial_weight = float(adversarial_weight)
+        self.gradient_penalty_weight = float(gradient_penalty_weight)
+        self.seed = int(seed)
+
+    def reconstruction_loss(self, output: torch.Tensor, batch) -> torch.Tensor:
+        target = batch.target.float()
+        scale = batch.max_value.view(-1, 1, 1)
+        terms = []
+        if self.loss in ("ssim", "l1_ssim"):
+            terms.append(self.ssim(output, target, batch.max_value, batch.foreground))
+        if self.loss in ("l1", "l1_ssim"):
+            terms.append(F.l1_loss(output / scale, target / scale))
+        return sum(terms)
+
+    def perceptual_loss(self, output: torch.Tensor, batch) -> torch.Tensor:
+        """``||phi(output / max) - phi(target / max)||_F`` (the released code's 'fro' criterion)."""
+        self.vgg.to(output.device)
+        scale = batch.max_value.view(-1, 1, 1, 1)
+        x = (output.unsqueeze(1) / scale).expand(-1, 3, -1, -1)
+        y = (batch.target.float().unsqueeze(1) / scale).expand(-1, 3, -1, -1)
+        return torch.linalg.vector_norm(self.vgg(x) - self.vgg(y).detach())
+
+    def adversarial_terms(self, model: nn.Module, output: torch.Tensor, batch) -> torch.Tensor:
+        """``w_adv * (-D'(fake)) + D(fake.detach()) - D(real) + w_gp * GP`` (module docstring)."""
+        critic = getattr(_unwrap(model), "discriminator", None)
+        if critic is None:
+            raise ValueError("the adversarial loss needs a model with a discriminator (e.g. kgmgt --discriminator_width 32)")
+        scale = batch.max_value.view(-1, 1, 1, 1)
+        real = batch.target.float().unsqueeze(1) / scale
+        fake = output.unsqueeze(1) / scale
+        detached = fake.detach()
+        gen = torch_generator(self.seed, *_batch_seed_keys(batch))
+        eps = torch.rand(real.shape[0], 1, 1, 1, generator=gen).to(real)
+        mixed = (eps * real + (1 - eps) * detached).requires_grad_(True)
+        grad, = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
+        penalty = (grad.flatten(1).norm(dim=1) - 1).square().mean()
+        critic_loss = critic(detached).mean() - critic(real).mean() + self.gradient_penalty_weight * penalty
+        frozen = {name: p.detach() for name, p in critic.named_parameters()}
+        generator_loss = -torch.func.functional_call(critic, frozen, (fake,)).mean()
+        return self.adversarial_weight * generator_loss + critic_loss
 
     def __call__(self, model: nn.Module, batch, device: torch.device) -> torch.Tensor:
         acs = getattr(batch, "num_low_frequencies", None)
@@ -30,11 +163,12 @@ class ReconstructionObjective:
             output = model(batch.masked_kspace, batch.mask, acs).float()
         else:
             output = model(batch.masked_kspace, batch.mask).float()
-        target = batch.target.float()
-        if self.loss == "ssim":
-            return self.ssim(output, target, batch.max_value, batch.foreground)
-        scale = batch.max_value.view(-1, 1, 1)
-        return F.l1_loss(output / scale, target / scale)
+        loss = self.reconstruction_loss(output, batch)
+        if self.vgg is not None:
+            loss = loss + self.perceptual_weight * self.perceptual_loss(output, batch)
+        if self.adversarial_weight > 0:
+            loss = loss + self.adversarial_terms(model, output, batch)
+        return loss
 
 
 class ClassificationObjective:
