@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from data.cine import find_cine_sets, list_fullsample, open_cine_kspace
+from data.cine import FULL_KEY, find_cine_sets, list_fullsample, open_cine_kspace
 from data.cine_masks import CineMaskSampler
 from data.formats import FormatError
 from data.transforms import TrainingSample
@@ -121,7 +121,7 @@ class CineSliceDataset(Dataset):
                 raise FileNotFoundError(f"{root}: no CMRxRecon cine set folder (with FullSample/P###/cine_*.mat) inside")
             for set_dir in sets:
                 for full in list_fullsample(set_dir, views):
-                    with open_cine_kspace(full.path) as var:
+                    with open_cine_kspace(full.path, FULL_KEY) as var:
                         t, s = var.shape[:2]
                     if t < 1 or s < 1:
                         raise FormatError(full.path, var.key, f"no frames or slices (shape {var.shape})")
@@ -141,9 +141,12 @@ class CineSliceDataset(Dataset):
         cf = self.files[f]
         frames = circular_frames(t, cf.num_frames, self.num_adj_slices)
         unique, inverse = np.unique(frames, return_inverse=True)  # h5py reads increasing indices only
-        with open_cine_kspace(cf.path) as var:
+        with open_cine_kspace(cf.path, FULL_KEY) as var:
             block = var[unique.tolist(), s]  # (n_unique, C, ky, kx)
         kspace = block[inverse]
         if not np.isfinite(kspace).all():
-            raise FormatError(cf.path, "kspace_full", f"non-finite values in slice {s}, frames {sorted(set(frames.tolist()))}")
-        return self.transform(kspace, frames, cf.num_frames, cf.view, str(cf.path), s * cf.num_frames + t, self.epoch, i)
+            raise FormatError(cf.path, FULL_KEY, f"non-finite values in slice {s}, frames {sorted(set(frames.tolist()))}")
+        try:
+            return self.transform(kspace, frames, cf.num_frames, cf.view, str(cf.path), s * cf.num_frames + t, self.epoch, i)
+        except ValueError as exc:  # e.g. a k-space too small for the mask family: name the file
+            raise FormatError(cf.path, FULL_KEY, f"slice {s}, frame {t}: {' '.join(str(exc).split())}") from None

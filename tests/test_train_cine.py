@@ -94,3 +94,32 @@ def test_snu_mask_family_with_cine_flags_is_refused(tmp_path):
     res = subprocess.run([sys.executable, "train.py", "--net_name", "x", "--task", "brain", "--mask_type", "kt_radial",
                           "--result_path", str(tmp_path)], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "is a cine mask family" in res.stderr
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("truncated", "cine_sax.mat"),
+    ("no_kspace", "kspace_full"),
+    ("empty_set", "no FullSample cine files"),
+])
+def test_bad_cine_training_data_fails_before_training(cine_root, tmp_path, damage, words):
+    import shutil
+
+    root = tmp_path / "CMRxRecon" / "MultiCoil" / "Cine"
+    shutil.copytree(cine_root, root)
+    victim = root / "TrainingSet" / "FullSample" / "P002" / "cine_sax.mat"
+    if damage == "truncated":
+        victim.write_bytes(victim.read_bytes()[:4000])
+    elif damage == "no_kspace":
+        from data.matlab import write_mat73
+
+        write_mat73(victim, {"kspace_other": np.zeros((2, 1, 2, 4, 4), np.complex64)})
+    else:
+        shutil.rmtree(root / "TrainingSet" / "FullSample")
+        (root / "TrainingSet" / "FullSample").mkdir()
+    res = _train(root, tmp_path / "out")
+    assert res.returncode != 0, res.stderr[-2000:]
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and words in errors[0] and "Traceback" not in res.stderr, res.stderr[-2000:]
+    if damage != "empty_set":
+        assert str(victim) in errors[0]
+    assert not (tmp_path / "out" / "promptmr_cine" / "checkpoints").exists()
