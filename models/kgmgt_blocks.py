@@ -294,11 +294,15 @@ class WindowAttention(nn.Module):
         win = window_partition(x, (self.window, self.window))  # (B, nW, N, C)
         nw, n = win.shape[1], win.shape[2]
         q, k, v = self.qkv(win).view(b, nw, n, 3, self.heads, c // self.heads).permute(3, 0, 1, 4, 2, 5)
-        mask = self.bias().unsqueeze(0)  # (1, heads, N, N)
-        if shift:
-            mask = mask + shifted_window_mask(h, w, self.window, shift, x.device).to(x.dtype).unsqueeze(1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nW, heads, N, hd)
-        out = self.proj(out.transpose(2, 3).reshape(b, nw, n, c))
+        # explicit softmax attention (the fused kernel's CPU path spends more time checking the -inf mask)
+        attn = torch.matmul(q * (c // self.heads) ** -0.5, k.transpose(-2, -1)).add_(self.bias())  # (B, nW, heads, N, N)
+        if shift:  # only the last row and column of windows hold wrapped tokens: mask those
+            mask = shifted_window_mask(h, w, self.window, shift, x.device).to(x.dtype).unsqueeze(1)
+            grid = (b, h // self.window, w // self.window, self.heads, n, n)
+            attn5, mask5 = attn.view(grid), mask.view(grid[1:3] + (1, n, n))
+            attn5[:, -1] += mask5[-1]
+            attn5[:, :-1, -1] += mask5[:-1, -1]
+        out = self.proj(torch.matmul(attn.softmax(dim=-1), v).transpose(2, 3).reshape(b, nw, n, c))  # (B, nW, N, C)
         out = window_reverse(out, (self.window, self.window), h, w)
         return torch.roll(out, shifts=(shift, shift), dims=(1, 2)) if shift else out
 
@@ -319,9 +323,11 @@ class _CosineAffine(nn.Module):
         self.cpb_mlp = nn.Sequential(nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, heads, bias=False))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
-        attn = attn * torch.clamp(self.logit_scale, max=math.log(100.0)).exp()
-        return attn + 16 * torch.sigmoid(self.cpb_mlp(coords)).permute(2, 0, 1)  # coords (N1, N2, 2)
+        """Logits ``(..., heads, N1, N2)`` of queries ``q`` ``(..., heads, N1, d)`` and keys ``k``
+        ``(..., heads, N2, d)``; ``coords`` ``(N1, N2, 2)``."""
+        scale = torch.clamp(self.logit_scale, max=math.log(100.0)).exp()  # applied to q: fewer multiplies
+        attn = torch.matmul(F.normalize(q, dim=-1) * scale, F.normalize(k, dim=-1).transpose(-2, -1))
+        return attn.add_(16 * torch.sigmoid(self.cpb_mlp(coords)).permute(2, 0, 1))
 
 
 class AnchorStripeAttention(nn.Module):
