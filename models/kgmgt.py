@@ -45,8 +45,9 @@ Paper vs released code (the paper is followed; the code's behaviour is an option
 Not copied from the code (reproducibility): every layer is a saved, trained parameter — the code's
 matching/perceptual VGG19 first layers are fresh random frozen convs that no checkpoint holds. The
 matching extractor trains through the similarity (the code freezes a contrastively pretrained one; a
-local file can initialise it, ``pretrained_extractor``, and ``freeze_extractor`` freezes it). Nothing is
-downloaded.
+local file can initialise it, ``pretrained_extractor``, and ``freeze_extractor`` freezes it); its two
+trunks start from the same weights (the code's both start from one VGG16), so matching finds equal
+content before any training. Nothing is downloaded.
 
 Size: ``paper`` has 5.40 M parameters in the restoration network (U-shape 5.28 M + refinement CNN
 0.11 M, :meth:`KGMgT.parameter_counts`), as the notes count for the released ``net_g``; the two
