@@ -21,63 +21,19 @@ the PromptMR+ reference trains for CMRxRecon), SSIM loss on the magnitude image:
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import math
 import os
 import sys
 from pathlib import Path
+import dataclasses
 from typing import Any, Dict, Optional, Sequence
+
+from utils.cli import add_dataclass_flags, finite_float, given_values, str2bool  # noqa: F401 - stdlib-only helpers
 
 REPO = Path(__file__).resolve().parent
 
 
-def str2bool(value: str) -> bool:
-    lowered = str(value).strip().lower()
-    if lowered in ("1", "true", "yes", "y", "on"):
-        return True
-    if lowered in ("0", "false", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
-
-
-def finite_float(value: str) -> float:
-    """argparse type of every float flag: a finite number (``nan``/``inf`` are rejected)."""
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {value!r}")
-    return number
-
-
 def _default_root(env: str, leaf: str) -> str:
     return os.environ.get(env) or str(REPO.parent / leaf)
-
-
-def _add_flag(parser: argparse.ArgumentParser, name: str, default: Any, help_text: str = "") -> None:
-    """Add ``--name`` typed after ``default`` (bool -> true/false, float -> finite float, tuple/list -> one
-    or more values)."""
-    if isinstance(default, bool):
-        parser.add_argument(f"--{name}", type=str2bool, nargs="?", const=True, default=None, metavar="BOOL", help=help_text)
-    elif isinstance(default, (tuple, list)):
-        elem = type(default[0]) if default else int
-        parser.add_argument(f"--{name}", type=_FLAG_TYPES.get(elem, elem), nargs="+", default=None, help=help_text)
-    elif default is None:
-        parser.add_argument(f"--{name}", default=None, help=help_text)
-    else:
-        parser.add_argument(f"--{name}", type=_FLAG_TYPES.get(type(default), type(default)), default=None, help=help_text)
-
-
-_FLAG_TYPES = {float: finite_float}  # argparse type per Python type, where plain conversion is not enough
-
-
-def _finite_float_flags(parser: argparse.ArgumentParser) -> None:
-    """Give every ``type=float`` flag (e.g. those of :meth:`AugmentConfig.add_argparse_args`) the
-    :func:`finite_float` type, so no float flag of train.py accepts ``nan`` or ``inf``."""
-    for action in parser._actions:  # noqa: SLF001 - argparse has no public iterator over its actions
-        if action.type is float:
-            action.type = finite_float
 
 
 def build_parser(model_name: Optional[str]) -> argparse.ArgumentParser:
@@ -86,21 +42,19 @@ def build_parser(model_name: Optional[str]) -> argparse.ArgumentParser:
     from data.masks import CHALLENGE_KINDS
     from utils.objectives import RECONSTRUCTION_LOSSES
 
+    from utils.engine import RUN_FLAGS, EngineConfig
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False,
                                      usage="%(prog)s --net_name NAME [--model NAME] [--task {brain,knee,cine}] [FLAG VALUE ...] "
                                            "(--help lists every flag)")
     run = parser.add_argument_group("run")
     run.add_argument("--net_name", required=True, help="run name: outputs go to <result_path>/<net_name>/")
-    run.add_argument("--step", type=int, default=1, help="recipe step k: checkpoints/step{k}, loss_log/step{k}")
     run.add_argument("--model", default="promptmr", help="registry name (models/__init__.py)")
     run.add_argument("--preset", default=None, help="named preset of the model's config")
     run.add_argument("--result_path", default=_default_root("RESULT_ROOT", "result"))
-    run.add_argument("--seed", type=int, default=430)
-    run.add_argument("--deterministic", type=str2bool, nargs="?", const=True, default=False, metavar="BOOL",
-                     help="torch.use_deterministic_algorithms(True) and CUBLAS_WORKSPACE_CONFIG=:16:8")
-    run.add_argument("--num_workers", type=int, default=2)
-    run.add_argument("--log_every", type=int, default=10, help="wandb iteration logging interval")
     run.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
+    engine_fields = {f.name for f in dataclasses.fields(EngineConfig)}
+    add_dataclass_flags(run, EngineConfig, exclude=("result_path", "net_name", *(engine_fields - set(RUN_FLAGS))))
     data = parser.add_argument_group("data")
     data.add_argument("--task", choices=("brain", "knee", "cine"), help="anatomy (reconstruction models), or cine (CMRxRecon)")
     data.add_argument("--acceleration", type=int, nargs="+", default=None,
@@ -118,32 +72,13 @@ def build_parser(model_name: Optional[str]) -> argparse.ArgumentParser:
                       help="WGAN-GP generator weight (KGMgT: 1e-6; needs a model with a discriminator)")
     data.add_argument("--gradient_penalty_weight", type=finite_float, default=10.0, help="WGAN-GP gradient penalty weight")
     opt = parser.add_argument_group("optimisation")
-    opt.add_argument("--num_epochs", type=int, default=20, help="epoch at which the cosine reaches min_lr")
-    opt.add_argument("--warmup_epochs", type=finite_float, default=1.0)
-    opt.add_argument("--stop_epoch", type=int, default=None, help="last epoch to train (default num_epochs)")
-    opt.add_argument("--max_lr", type=finite_float, default=3e-4)
-    opt.add_argument("--min_lr", type=finite_float, default=0.0)
-    opt.add_argument("--batch_size", type=int, default=1)
-    opt.add_argument("--gradient_accumulation_steps", type=int, default=2)
-    opt.add_argument("--gradient_clipping", type=finite_float, default=0.01)
-    opt.add_argument("--weight_decay", type=finite_float, default=1e-4)
-    opt.add_argument("--zero_stage", type=int, choices=(0, 1, 2, 3), default=1)
-    opt.add_argument("--offload_optimizer", type=str2bool, nargs="?", const=True, default=True, metavar="BOOL")
-    opt.add_argument("--bf16", type=str2bool, nargs="?", const=True, default=False, metavar="BOOL")
-    opt.add_argument("--deepspeed_config", default=None, help="DeepSpeed JSON whose values the flags override")
-    opt.add_argument("--restart_from_checkpoint", default=None, help="<result>/<net>/checkpoints/stepK/epoch-N")
-    opt.add_argument("--continue_lr_scheduler", type=str2bool, nargs="?", const=True, default=True, metavar="BOOL",
-                     help="false: restart the LR at --max_lr with a new cosine from the checkpoint's epoch")
+    add_dataclass_flags(opt, EngineConfig, exclude=("result_path", "net_name", *RUN_FLAGS))
     AugmentConfig.add_argparse_args(parser.add_argument_group("MRAugment"))
     if model_name is not None:
         from models import model_entry
 
         _, config_cls = model_entry(model_name)
-        group = parser.add_argument_group(f"{model_name} hyperparameters")
-        for field in dataclasses.fields(config_cls):
-            default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-            _add_flag(group, field.name, default)
-    _finite_float_flags(parser)
+        add_dataclass_flags(parser.add_argument_group(f"{model_name} hyperparameters"), config_cls, show_defaults=False)
     return parser
 
 
@@ -189,13 +124,7 @@ def model_hparams(args: argparse.Namespace) -> Dict[str, Any]:
     """Model hyperparameters given explicitly on the command line."""
     from models import model_entry
 
-    _, config_cls = model_entry(args.model)
-    values = {}
-    for name in config_cls.field_names():
-        value = getattr(args, name, None)
-        if value is not None:
-            values[name] = tuple(value) if isinstance(value, list) else value
-    return values
+    return given_values(args, model_entry(args.model)[1])
 
 
 def leaderboard_validation(folder, anatomy: str, num_adj_slices: int):
@@ -244,30 +173,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     prefer_interpreter_ninja()  # same ninja, so CPU Adam compiles once, whether or not the venv is activated
 
-    engine_kwargs = dict(
-        result_path=args.result_path,
-        net_name=args.net_name,
-        step=args.step,
-        seed=args.seed,
-        deterministic=args.deterministic,
-        num_epochs=args.num_epochs,
-        warmup_epochs=args.warmup_epochs,
-        stop_epoch=args.stop_epoch,
-        max_lr=args.max_lr,
-        min_lr=args.min_lr,
-        batch_size=args.batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        gradient_clipping=args.gradient_clipping,
-        weight_decay=args.weight_decay,
-        zero_stage=args.zero_stage,
-        offload_optimizer=args.offload_optimizer,
-        bf16=args.bf16,
-        num_workers=args.num_workers,
-        restart_from_checkpoint=args.restart_from_checkpoint,
-        continue_lr_scheduler=args.continue_lr_scheduler,
-        log_every=args.log_every,
-        deepspeed_config=args.deepspeed_config,
-    )
+    engine_kwargs = {"result_path": args.result_path, "net_name": args.net_name,
+                     **given_values(args, EngineConfig, exclude=("result_path", "net_name"))}
     # Everything that can be wrong is checked before DeepSpeed starts or anything is written.
     try:
         engine_cfg = EngineConfig(**engine_kwargs)
@@ -315,15 +222,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.data_path_val:
             raise SystemExit("error: --data_path_val is not supported with --task cine yet: evaluate checkpoints with "
                              "reconstruct.py/evaluate.py --task cine")
-        sampler = CineMaskSampler(args.mask_type, args.acceleration, args.seed)
+        sampler = CineMaskSampler(args.mask_type, args.acceleration, engine_cfg.seed)
         dataset = CineSliceDataset([args.data_path_train], getattr(config, "num_adj_slices", 1),
                                    CineTrainingTransform(sampler), views=args.cine_views)
         collate_fn, objective = collate_training, recon_objective
     else:
-        aug_cfg = AugmentConfig.from_mapping({**vars(args), "num_epochs": args.num_epochs})
-        sampler = MaskSampler(args.mask_type, args.acceleration, args.seed)
+        aug_cfg = AugmentConfig.from_mapping({**vars(args), "num_epochs": engine_cfg.num_epochs})
+        sampler = MaskSampler(args.mask_type, args.acceleration, engine_cfg.seed)
         augment = MRAugment(aug_cfg) if aug_cfg.aug_on else None
-        transform = TrainingTransform(sampler.sample, augment=augment, seed=args.seed)
+        transform = TrainingTransform(sampler.sample, augment=augment, seed=engine_cfg.seed)
         dataset = SliceDataset(args.data_path_train, args.task, getattr(config, "num_adj_slices", 1), transform)
         collate_fn, objective = collate_training, recon_objective
 
@@ -338,9 +245,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         prepare_output_dir(engine_cfg.run_dir)  # last check: --result_path/--net_name can be written
     except OutputError as exc:
         raise SystemExit(f"error: --result_path/--net_name {exc}") from None
-    seed_fix(args.seed, args.deterministic)  # model initialisation depends only on the seed
+    seed_fix(engine_cfg.seed, engine_cfg.deterministic)  # model initialisation depends only on the seed
     model = model_cls(config)
-    run_args = {k: v for k, v in vars(args).items()}
+    # the arguments as run: flags left out carry the engine's and MRAugment's values, not None
+    run_args = {**vars(args), **dataclasses.asdict(engine_cfg)}
+    if not is_classifier and args.task != "cine":
+        run_args.update(dataclasses.asdict(aug_cfg))
     try:
         result = train(
             model,

@@ -12,9 +12,11 @@ Pipeline (one parameter set per call, shared by every leading index -- slices, c
    swaps the axes, and the result is centre-cropped / zero-padded back to ``(H, W)`` (MRAugment
    lets the shape change to ``(W, H)`` and crops later; a fixed shape keeps batches stackable and,
    for the 2x readout-oversampled challenge brain data, the object survives the crop);
-3. ``translation``  integer shift by ``int(u * W)`` columns and ``int(u' * H)`` rows,
-   ``u ~ U(-max_translation_x, max_translation_x)``, ``u' ~ U(-max_translation_y, ...)``
-   (x = width axis, y = height axis), content moves towards +index, the vacated border is filled by
+3. ``translation``  integer shift in MRAugment's axis convention: its "x" moves along the *height*
+   (rows) by ``int(u * H)`` and its "y" along the *width* (columns) by ``int(u' * W)``, with
+   ``u ~ U(-max_translation_x, max_translation_x)``, ``u' ~ U(-max_translation_y, ...)``; a positive
+   "x" moves the content towards row 0 and a positive "y" towards higher columns, as MRAugment's
+   pad-and-crop does (its ``_get_translate_padding_and_crop``); the vacated border is filled by
    reflection (numpy ``'reflect'``: the edge pixel is not repeated);
 4. one bilinear affine map combining ``rotation`` (degrees), ``shearing`` (x and y, degrees) and
    ``scaling`` (factor in ``[1 - s, 1 + s]``) about the image centre, sampled with
@@ -27,7 +29,10 @@ Pipeline (one parameter set per call, shared by every leading index -- slices, c
    ``aug_upsample`` the image is first upsampled by ``aug_upsample_factor`` (bilinear), transformed,
    and downsampled (bilinear, antialiased), which reduces interpolation blur at a cost.
 
-Each transform fires independently when ``u < weight * p(epoch)`` with ``u ~ U[0, 1)``
+Each transform fires independently when ``u < weight * p(t)`` with ``u ~ U[0, 1)``, ``t`` the 0-based
+index of the epoch as in MRAugment (PyTorch Lightning's ``current_epoch``: epochs completed before this
+one; the engine's epoch ``e`` is ``t = e - 1``, see :class:`data.transforms.TrainingTransform`), so the
+same ``--aug_delay``/``--num_epochs`` give the same strength per epoch as MRAugment
 (see :meth:`MRAugment.probability`); MRAugment's ``aug_interpolation_order`` (only bilinear is
 supported there too) and ``max_train_resolution`` (the dataset crops) are not reproduced.
 
@@ -46,7 +51,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Tuple
 
 import numpy as np
@@ -84,14 +89,14 @@ class AugmentConfig:
     Defaults follow MRAugment's, except that every weight is 0 and ``aug_on`` is False, so a recipe
     turns on what it needs. Translations are fractions of the image size, angles are degrees,
     ``aug_max_scaling = s`` draws a factor in ``[1 - s, 1 + s]``. ``num_epochs`` is ``T`` of the
-    schedule (the epoch at which ``p`` reaches ``aug_strength``).
+    schedule (MRAugment's ``max_epochs``: ``p`` would reach ``aug_strength`` at ``t = T``).
     """
 
     aug_on: bool = False
     aug_delay: int = 0
     aug_strength: float = 0.0
     aug_exp_decay: float = 5.0
-    aug_schedule: str = "exp"
+    aug_schedule: str = field(default="exp", metadata={"choices": SCHEDULES})
     aug_weight_fliph: float = 0.0
     aug_weight_flipv: float = 0.0
     aug_weight_rot90: float = 0.0
@@ -149,37 +154,37 @@ class AugmentConfig:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "AugmentConfig":
-        """Build from a mapping (e.g. ``vars(args)``), taking only the keys that are fields."""
+        """Build from a mapping (e.g. ``vars(args)``), taking the keys that are fields; ``None`` values
+        (flags not given) leave the field's default."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
+        return cls(**{k: v for k, v in values.items() if k in names and v is not None})
 
     @classmethod
     def add_argparse_args(cls, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        """Add ``--aug_*`` flags (not ``num_epochs``) with this dataclass's defaults."""
-        for f in fields(cls):
-            if not f.name.startswith("aug_"):
-                continue
-            if f.type in (bool, "bool"):
-                parser.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=f.default)
-            else:
-                kind = {"int": int, "float": float, "str": str}.get(f.type, f.type)
-                choices = SCHEDULES if f.name == "aug_schedule" else None
-                parser.add_argument(f"--{f.name}", type=kind, default=f.default, choices=choices)
+        """Add the ``--aug_*`` flags (not ``num_epochs``), generated from the fields by
+        :func:`utils.cli.add_dataclass_flags` (booleans: ``--aug_on``, ``--aug_on true|false``,
+        ``--no-aug_on``); unset flags are ``None`` and :meth:`from_mapping` keeps the defaults."""
+        from utils.cli import add_dataclass_flags
+
+        add_dataclass_flags(parser, cls, exclude=("num_epochs",))
         return parser
 
 
-def schedule_probability(epoch: float, cfg: AugmentConfig) -> float:
-    """Augmentation strength ``p(epoch)`` in ``[0, aug_strength]``.
+def schedule_probability(t: float, cfg: AugmentConfig) -> float:
+    """Augmentation strength ``p(t)`` in ``[0, aug_strength]`` at the 0-based epoch index ``t`` (MRAugment's
+    ``current_epoch``: the first epoch is ``t = 0``).
 
-    ``p = 0`` for ``t <= D``; for ``t > D`` (``t`` clipped to ``T``): ``constant``: ``p_max``;
-    ``ramp``: ``p_max (t - D) / (T - D)``; ``exp``: ``p_max (1 - e^{-c (t - D)}) / (1 - e^{-c (T - D)})``
-    with ``c = aug_exp_decay / (T - D)``. ``D = aug_delay``, ``T = num_epochs``, ``p_max = aug_strength``.
+    As MRAugment's ``schedule_p``: ``p = 0`` for ``t < D``; for ``t >= D`` (``t`` clipped to ``T``):
+    ``constant``: ``p_max``; ``ramp``: ``p_max (t - D) / (T - D)``; ``exp``:
+    ``p_max (1 - e^{-c (t - D)}) / (1 - e^{-c (T - D)})`` with ``c = aug_exp_decay / (T - D)``.
+    ``D = aug_delay``, ``T = num_epochs``, ``p_max = aug_strength``. (Training never reaches ``t = T``:
+    the last epoch is ``t = T - 1``, as in MRAugment; the clip only guards calls beyond it.)
     """
     if not cfg.aug_on:
         return 0.0
     d, p_max = float(cfg.aug_delay), float(cfg.aug_strength)
-    t = float(epoch)
-    if t <= d or p_max == 0.0:
+    t = float(t)
+    if t < d or p_max == 0.0:
         return 0.0
     if cfg.aug_schedule == "constant":
         return p_max
@@ -198,7 +203,8 @@ def schedule_probability(epoch: float, cfg: AugmentConfig) -> float:
 class AugmentParams:
     """One draw of transform parameters (neutral values for transforms that did not fire).
 
-    ``rot90_k`` in {0, 1, 2, 3}; ``translation_x/y`` fractions of W/H; angles in degrees.
+    ``rot90_k`` in {0, 1, 2, 3}; ``translation_x`` a fraction of H (MRAugment's "x": rows),
+    ``translation_y`` a fraction of W (columns); angles in degrees.
     """
 
     fliph: bool = False
@@ -213,8 +219,10 @@ class AugmentParams:
     affine: bool = False
 
     def shift_pixels(self, height: int, width: int) -> Tuple[int, int]:
-        """Integer shift ``(dy, dx)`` in pixels (truncated toward zero, as MRAugment)."""
-        return int(self.translation_y * height), int(self.translation_x * width)
+        """Integer content shift ``(dy, dx)`` in pixels (``out[i, j] = in[i - dy, j - dx]``) in MRAugment's
+        convention: ``dy = -int(translation_x * H)`` (a positive "x" moves the content up, towards row 0),
+        ``dx = int(translation_y * W)``; ``int`` truncates toward zero, as MRAugment's."""
+        return -int(self.translation_x * height), int(self.translation_y * width)
 
     def is_identity(self, height: int, width: int) -> bool:
         """True when nothing fires (or only a translation that rounds to zero pixels)."""
@@ -333,7 +341,8 @@ class MRAugment:
         self.config = config
 
     def probability(self, epoch: float) -> float:
-        """Augmentation strength ``p(epoch)``; transform ``n`` fires with ``min(1, weight_n * p)``."""
+        """Augmentation strength ``p`` at the 0-based epoch index ``epoch`` (:func:`schedule_probability`);
+        transform ``n`` fires with ``min(1, weight_n * p)``."""
         return schedule_probability(epoch, self.config)
 
     def sample_params(self, rng: np.random.Generator, p: float) -> AugmentParams:
@@ -380,7 +389,8 @@ class MRAugment:
         return x
 
     def __call__(self, images: torch.Tensor, epoch: float, rng: np.random.Generator) -> torch.Tensor:
-        """Augment complex coil images ``(..., C, H, W)`` with one random transform for all leading indices."""
+        """Augment complex coil images ``(..., C, H, W)`` with one random transform for all leading indices;
+        ``epoch`` is the 0-based epoch index of the schedule."""
         _check_images(images)
         p = self.probability(epoch)
         if p <= 0.0:

@@ -71,7 +71,8 @@ class TrainingTransform:
     Order: height cut in image space (per anatomy) -> optional augmentation of the complex coil images
     (the target is then recomputed as the RSS of the augmented centre slice) -> k-space -> mask drawn
     for ``(epoch, index)`` -> masked k-space. ``mask_fn(width, epoch, index) -> (W,)`` 0/1 array;
-    ``augment(images, epoch, rng)`` and ``augment_rng(epoch, index)`` come together or not at all.
+    ``augment(images, t, rng)`` receives the 0-based epoch index ``t = epoch - 1`` of the engine's
+    1-based ``epoch`` (MRAugment's schedule convention) and an rng derived from ``(seed, epoch, index)``.
     """
 
     def __init__(
@@ -99,7 +100,8 @@ class TrainingTransform:
         images = height_cut_images(ifft2c(k), HEIGHT_CUT[anatomy])
         target_t = torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32))
         if self.augment is not None:
-            augmented = self.augment(images, epoch, derived_rng(self.seed, epoch, index, _AUGMENT_STREAM))
+            # the schedule counts epochs from 0 as MRAugment does (engine epoch e -> t = e - 1)
+            augmented = self.augment(images, epoch - 1, derived_rng(self.seed, epoch, index, _AUGMENT_STREAM))
             if augmented is not images:
                 images = augmented
                 target_t = rss_target(images[images.shape[0] // 2]).to(torch.float32)

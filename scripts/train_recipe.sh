@@ -5,7 +5,7 @@
 #          bash scripts/train_recipe.sh cine {1|2|3}              [extra train.py flags...]
 # Environment: DATA_ROOT (default ../Data), RESULT_ROOT (default ../result), PRESET (challenge | demo |
 # tiny: model preset and epoch budget), MODEL (default promptmr), NUM_WORKERS (default 4),
-# NUM_GPUS (>1: run under the deepspeed launcher), SEED (default 430).
+# NUM_GPUS (>1: run under the deepspeed launcher), SEED (default 430), KEEP_CHECKPOINTS (default 1).
 #
 # Step 1: epochs 1-15, lr 3e-4, cosine planned over 20 epochs, warm-up 1, fixed masks, no augmentation.
 # Step 2: from step 1's last epoch, lr 2e-4, cosine planned over 35, stop at 30, MRAugment (fliph,
@@ -46,7 +46,10 @@ if [[ "$NUM_GPUS" -gt 1 ]]; then
 else
     launch=("$MRI_PYTHON" train.py)
 fi
-common=(--result_path "$RESULT_ROOT" --seed "$SEED" --num_workers "$NUM_WORKERS")
+# KEEP_CHECKPOINTS (default 1): epoch tags kept per step; the last one is what the next step restarts
+# from (and what export/reconstruct read). 0 keeps every epoch (about 0.5 GB each for PromptMR+).
+KEEP_CHECKPOINTS="${KEEP_CHECKPOINTS:-1}"
+common=(--result_path "$RESULT_ROOT" --seed "$SEED" --num_workers "$NUM_WORKERS" --keep_last_checkpoints "$KEEP_CHECKPOINTS")
 
 if [[ "${1:-}" == "cnn" ]]; then
     shift

@@ -1,4 +1,7 @@
-"""Suite-wide test settings."""
+"""Suite-wide test settings and shared fixtures (tests never import each other)."""
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -51,3 +54,44 @@ def tiny_artifacts(tmp_path_factory):
     shipped = Path(__file__).resolve().parents[1] / "artifacts" / f"{CLASSIFIER_ARTIFACT}{SUFFIX}"
     shutil.copy(shipped, out / shipped.name)
     return out
+
+
+def _smooth_volume(rng, slices, coils, height, width):
+    """Complex coil images with smooth structure -> fully sampled k-space ``(S, C, H, W)`` complex64."""
+    from utils.physics import fft2c
+
+    yy, xx = np.meshgrid(np.linspace(-1, 1, height), np.linspace(-1, 1, width), indexing="ij")
+    obj = ((yy / 0.5) ** 2 + (xx / 0.8) ** 2 < 1).astype(np.float32) * (1 + 0.3 * np.cos(6 * yy))
+    s, c = np.arange(slices)[:, None, None, None], np.arange(coils)[None, :, None, None]
+    images = obj * (1 + 0.2 * s) * np.exp(1j * (c + 0.5 * xx)) * (1 + 0.3 * (c % 2) * yy)
+    images = images.astype(np.complex64) * 1e-4
+    images += (rng.standard_normal(images.shape) + 1j * rng.standard_normal(images.shape)).astype(np.complex64) * 1e-7
+    return fft2c(torch.from_numpy(images)).numpy()
+
+
+def make_micro_data(root: Path, volumes=2, slices=2, coils=2, height=384, width=48) -> Path:
+    """A micro training set in the challenge layout under ``root`` (returned): ``train/{brain,knee}/
+    {kspace,image}/{anatomy}_acc4_{i}.h5`` for i = 1..volumes, narrow k-space so a training step takes
+    milliseconds; labels are the RSS of the fully sampled coil images."""
+    from data.formats import write_image_file, write_kspace_file
+    from data.masks import make_mask
+    from data.transforms import rss_target
+    from utils.physics import ifft2c
+
+    rng = np.random.default_rng(0)
+    for anatomy in ("brain", "knee"):
+        for i in range(1, volumes + 1):
+            name = f"{anatomy}_acc4_{i}.h5"
+            k = _smooth_volume(rng, slices, coils, height, width)
+            mask = make_mask("fixed", width, 4)
+            images = ifft2c(torch.from_numpy(k))
+            label = torch.stack([rss_target(images[s]) for s in range(slices)]).numpy()
+            write_kspace_file(root / "train" / anatomy / "kspace" / name, k, mask)
+            write_image_file(root / "train" / anatomy / "image" / name, label, label, label)
+    return root
+
+
+@pytest.fixture(scope="session")
+def micro_data():
+    """:func:`make_micro_data`, the builder of micro training sets: ``micro_data(root, volumes=2, ...)``."""
+    return make_micro_data

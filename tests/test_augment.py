@@ -23,7 +23,7 @@ NAMES = ("fliph", "flipv", "rot90", "translation", "rotation", "shearing", "scal
 
 
 def make_aug(*names, strength=1.0, schedule="constant", **kw):
-    """Augmenter in which each transform in ``names`` fires with probability 1 (for epoch > 0)."""
+    """Augmenter in which each transform in ``names`` fires with probability 1 (from epoch index 0)."""
     weights = {f"aug_weight_{n}": 1.0 for n in names}
     cfg = AugmentConfig(aug_on=True, aug_strength=strength, aug_schedule=schedule, num_epochs=10, **weights, **kw)
     return MRAugment(cfg)
@@ -48,7 +48,7 @@ def gaussian(h, w, sig_u, sig_v, phase=0.0, dtype=torch.complex128):
 def test_exp_schedule_endpoints_monotone_and_formula():
     cfg = AugmentConfig(aug_on=True, aug_strength=0.55, aug_delay=5, num_epochs=45, aug_exp_decay=5.0)
     aug = MRAugment(cfg)
-    assert aug.probability(0) == 0.0 and aug.probability(5) == 0.0
+    assert aug.probability(0) == 0.0 and aug.probability(4) == 0.0 and aug.probability(5) == 0.0  # t = D: 0
     assert aug.probability(45) == pytest.approx(0.55, abs=1e-12)
     ps = [aug.probability(t) for t in range(0, 46)]
     assert all(b >= a for a, b in zip(ps, ps[1:])) and ps[6] > 0
@@ -60,11 +60,14 @@ def test_exp_schedule_endpoints_monotone_and_formula():
 
 
 def test_constant_ramp_and_off_schedules():
+    """MRAugment's schedule_p with its 0-based current_epoch t: p = 0 for t < D, then the schedule from t = D
+    (constant: p_max already at t = D; ramp and exp: 0 at t = D)."""
     const = AugmentConfig(aug_on=True, aug_strength=0.3, aug_delay=2, aug_schedule="constant", num_epochs=10)
-    assert [schedule_probability(t, const) for t in (0, 2, 3, 10)] == [0.0, 0.0, 0.3, 0.3]
+    assert [schedule_probability(t, const) for t in (0, 1, 2, 3, 9)] == [0.0, 0.0, 0.3, 0.3, 0.3]
     ramp = AugmentConfig(aug_on=True, aug_strength=0.8, aug_delay=2, aug_schedule="ramp", num_epochs=10)
-    assert schedule_probability(2, ramp) == 0.0
-    assert schedule_probability(6, ramp) == pytest.approx(0.4)
+    # hand-computed MRAugment values (t - D) / (T - D) * p_max over a 10-epoch run (t = 0 .. 9)
+    expected = [0.0, 0.0, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    assert [schedule_probability(t, ramp) for t in range(10)] == pytest.approx(expected, abs=1e-15)
     assert schedule_probability(10, ramp) == pytest.approx(0.8)
     off = AugmentConfig(aug_on=False, aug_strength=0.8, aug_schedule="constant")
     assert schedule_probability(50, off) == 0.0
@@ -104,7 +107,7 @@ def test_config_validation_and_cli():
 def test_zero_probability_returns_input_bit_identical():
     x = rand_complex(2, 3, 16, 12)
     aug = make_aug(*NAMES, aug_delay=3)
-    for epoch in (0, 3):
+    for epoch in (0, 2):  # t < D
         out = aug(x, epoch, np.random.default_rng(0))
         assert out.dtype == x.dtype and torch.equal(out, x)
     off = MRAugment(AugmentConfig())
@@ -171,14 +174,30 @@ def test_translate_matches_reflect_reference(dy, dx):
         assert torch.equal(out[..., dy:, dx:], x[..., :x.shape[-2] - dy, :x.shape[-1] - dx])
 
 
+def test_translation_follows_mraugment_axes():
+    """MRAugment's "x" translation is along the height, as a fraction of H, and a positive value moves the
+    content up (pad bottom, crop from the top); its "y" is along the width, positive to the right."""
+    from data.augment import AugmentParams
+
+    aug = make_aug("translation")
+    x = torch.zeros(8, 12, dtype=torch.complex64)
+    x[4, 5] = 1.0
+    out = aug.apply(x, AugmentParams(translation_x=0.25, translation_y=0.25))  # 2 rows up, 3 columns right
+    assert out[2, 8] == 1.0 and out.abs().sum() == 1.0
+    out = aug.apply(x, AugmentParams(translation_x=-0.3, translation_y=-0.2))  # int(2.4)=2 down, int(2.4)=2 left
+    assert out[6, 3] == 1.0 and out.abs().sum() == 1.0
+    assert AugmentParams(translation_x=0.5).shift_pixels(8, 12) == (-4, 0)  # x: height only
+    assert AugmentParams(translation_y=0.5).shift_pixels(8, 12) == (0, 6)  # y: width only
+
+
 def test_translation_uses_drawn_amount():
-    aug = make_aug("translation", aug_max_translation_x=0.3, aug_max_translation_y=0.3)
+    aug = make_aug("translation", aug_max_translation_x=0.3, aug_max_translation_y=0.1)
     x = rand_complex(2, 3, 20, 24)
     for seed in range(6):
         params = aug.sample_params(np.random.default_rng(seed), 1.0)
         dy, dx = params.shift_pixels(20, 24)
-        assert abs(dy) <= 6 and abs(dx) <= 7
-        assert (dy, dx) == (int(params.translation_y * 20), int(params.translation_x * 24))
+        assert abs(dy) <= 6 and abs(dx) <= 2  # max_translation_x bounds the rows, _y the columns
+        assert (dy, dx) == (-int(params.translation_x * 20), int(params.translation_y * 24))
         out = aug(x, 1, np.random.default_rng(seed))
         np.testing.assert_array_equal(out.numpy(), reflect_shift_reference(x.numpy(), dy, dx))
     shifts = {aug.sample_params(np.random.default_rng(s), 1.0).shift_pixels(20, 24) for s in range(6)}

@@ -6,15 +6,14 @@ from data.augment import AugmentConfig, MRAugment
 from data.datasets import SliceDataset, VolumeImageDataset, collate_training
 from data.masks import MaskSampler
 from data.transforms import HEIGHT_CUT, TrainingTransform
-from tests.test_train import make_micro_data
 from utils.engine import EpochShardSampler
 from utils.inference import adjacent_indices, adjacent_stack_index
 from utils.lr_schedule import LRSchedule
 
 
 @pytest.fixture(scope="module")
-def micro(tmp_path_factory):
-    return make_micro_data(tmp_path_factory.mktemp("ds") / "Data", volumes=2, slices=3, coils=2, height=400, width=40)
+def micro(tmp_path_factory, micro_data):
+    return micro_data(tmp_path_factory.mktemp("ds") / "Data", volumes=2, slices=3, coils=2, height=400, width=40)
 
 
 def _dataset(micro, kind="fixed", augment=None, anatomy="brain", adj=3):
@@ -63,6 +62,14 @@ def test_augmentation_changes_input_and_target_reproducibly(micro):
         d.set_epoch(2)
     p, a1, a2 = plain[1], aug[1], aug[1]
     assert not torch.equal(p.target, a1.target) and not torch.equal(p.masked_kspace, a1.masked_kspace)
+    # the schedule sees MRAugment's 0-based epoch index: with a ramp over T = 3 epochs, engine epoch 1 is
+    # t = 0 (p = 0: unaugmented) and epoch 2 is t = 1 (p = 1/3; weight 3 makes the flip certain)
+    ramp = _dataset(micro, augment=MRAugment(AugmentConfig(aug_on=True, aug_strength=1.0, aug_schedule="ramp",
+                                                           aug_weight_fliph=3.0, num_epochs=3)))
+    plain.set_epoch(1), ramp.set_epoch(1)
+    assert torch.equal(ramp[1].target, plain[1].target)
+    ramp.set_epoch(2)
+    assert torch.equal(ramp[1].target, torch.flip(p.target, dims=(-1,)))
     assert torch.equal(a1.target, a2.target) and torch.equal(a1.masked_kspace, a2.masked_kspace)
     # the recomputed target is the RSS of the augmented (horizontally flipped) images: same energy
     assert torch.allclose(a1.target.sum(), p.target.sum(), rtol=0.05)

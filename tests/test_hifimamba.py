@@ -217,10 +217,8 @@ def test_scan_is_the_inherited_mamba_scan():
 
 # ------------------------------------------------------------------------------------- train.py
 
-def test_train_l1_recipe_loss_goes_down(tmp_path):
-    from tests.test_train import make_micro_data
-
-    data = make_micro_data(tmp_path / "Data", volumes=2, slices=3, coils=2, height=384, width=48)
+def test_train_l1_recipe_loss_goes_down(tmp_path, micro_data):
+    data = micro_data(tmp_path / "Data", volumes=2, slices=3, coils=2, height=384, width=48)
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
            "PYTHONHASHSEED": "0"}
     args = ["--net_name", "hm", "--model", "hifimamba", "--preset", "tiny", "--task", "brain", "--loss", "l1",

@@ -9,7 +9,6 @@ import torch
 from data.formats import read_image_file
 from data.simulate import generate_dataset
 from models import build_model
-from tests.test_train import make_micro_data
 from utils.checkpoint import load_model_states
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,8 +25,8 @@ def _script(name, env, *args):
     return res
 
 
-def test_three_step_recipe_chain(tmp_path):
-    data = make_micro_data(tmp_path / "Data", volumes=1, slices=2, coils=2, height=384, width=40)
+def test_three_step_recipe_chain(tmp_path, micro_data):
+    data = micro_data(tmp_path / "Data", volumes=1, slices=2, coils=2, height=384, width=40)
     env = _env(data, tmp_path / "result")
     for step in (1, 2, 3):
         _script(f"train_knee_acc8_step{step}.sh", env)

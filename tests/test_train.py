@@ -3,57 +3,42 @@
 Runs real DeepSpeed (CPU accelerator, ZeRO-1, CPU Adam) on a micro data set in the challenge layout
 (narrow k-space so each step takes milliseconds).
 """
+import json
+import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from data.formats import write_image_file, write_kspace_file
-from data.masks import make_mask
-from data.transforms import rss_target
+from data.formats import read_image_file, read_kspace_file, write_image_file, write_kspace_file
 from utils.checkpoint import MODEL_STATES, OPTIM_STATES, load_model_states
-from utils.physics import fft2c, ifft2c
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_MODE": "offline", "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
 
 
-def _smooth_volume(rng, slices, coils, height, width):
-    """Complex coil images with smooth structure -> fully sampled k-space (S, C, H, W)."""
-    yy, xx = np.meshgrid(np.linspace(-1, 1, height), np.linspace(-1, 1, width), indexing="ij")
-    obj = ((yy / 0.5) ** 2 + (xx / 0.8) ** 2 < 1).astype(np.float32) * (1 + 0.3 * np.cos(6 * yy))
-    images = []
-    for s in range(slices):
-        coils_img = [obj * (1 + 0.2 * s) * np.exp(1j * (c + 0.5 * xx)) * (1 + 0.3 * (c % 2) * yy) for c in range(coils)]
-        images.append(coils_img)
-    images = np.asarray(images, dtype=np.complex64) * 1e-4
-    images += (rng.standard_normal(images.shape) + 1j * rng.standard_normal(images.shape)).astype(np.complex64) * 1e-7
-    return fft2c(torch.from_numpy(images)).numpy()
-
-
-def make_micro_data(root: Path, volumes=2, slices=2, coils=2, height=384, width=48):
-    rng = np.random.default_rng(0)
-    for anatomy in ("brain", "knee"):
-        for i in range(1, volumes + 1):
-            name = f"{anatomy}_acc4_{i}.h5"
-            k = _smooth_volume(rng, slices, coils, height, width)
-            mask = make_mask("fixed", width, 4)
-            images = ifft2c(torch.from_numpy(k))
-            label = torch.stack([rss_target(images[s]) for s in range(slices)]).numpy()
-            write_kspace_file(root / "train" / anatomy / "kspace" / name, k, mask)
-            write_image_file(root / "train" / anatomy / "image" / name, label, label, label)
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory, micro_data):
+    """4 brain samples (2 volumes x 2 slices) and a leaderboard-style validation folder ``val/`` made of
+    the first brain volume under its own fixed x4 mask."""
+    root = micro_data(tmp_path_factory.mktemp("micro") / "Data")
+    src = root / "train" / "brain"
+    vol = read_kspace_file(src / "kspace" / "brain_acc4_1.h5")
+    write_kspace_file(root / "val" / "kspace" / "brain_test1.h5", vol.kspace * vol.mask, vol.mask)
+    images = read_image_file(src / "image" / "brain_acc4_1.h5")
+    write_image_file(root / "val" / "image" / "brain_test1.h5", images["image_input"], images["image_grappa"],
+                     images["image_label"])
     return root
 
 
 @pytest.fixture(scope="module")
-def micro(tmp_path_factory):
-    return make_micro_data(tmp_path_factory.mktemp("micro") / "Data")
+def micro6(tmp_path_factory, micro_data):
+    """6 brain samples: with batch 2 and accumulation 2 an epoch of 3 micro-batches would straddle."""
+    return micro_data(tmp_path_factory.mktemp("micro6") / "Data", volumes=3)
 
 
 def _args(data: Path, result: Path, *extra, preset=True):
@@ -73,8 +58,13 @@ def _weights(tag: Path):
     return load_model_states(tag)["module"]
 
 
+def _val_ssim(stdout: str):
+    return [float(line.split("val/ssim=")[1].split(",")[0]) for line in stdout.splitlines() if "val/ssim=" in line]
+
+
 def test_end_to_end_layout_and_determinism(micro, tmp_path):
-    first = _run(_args(micro, tmp_path / "a"))
+    val = ("--data_path_val", str(micro / "val"))
+    first = _run(_args(micro, tmp_path / "a", *val))
     assert first.returncode == 0, first.stderr[-3000:]
     run = tmp_path / "a" / "net"
     for epoch in (1, 2):
@@ -83,13 +73,33 @@ def test_end_to_end_layout_and_determinism(micro, tmp_path):
     states = load_model_states(run / "checkpoints" / "step1" / "epoch-2")
     assert states["model_name"] == "varnet" and states["epoch"] == 2
     assert states["model_config"]["num_cascades"] == 2  # the tiny preset, carried by the checkpoint
-    assert states["args"]["task"] == "brain"
+    assert states["args"]["task"] == "brain" and states["args"]["seed"] == 430  # defaults recorded, not None
+    assert states["autocast_dtype"] is None  # fp32: no autocast ran
     log = np.load(run / "loss_log" / "step1" / "loss_log.npy")
     assert log.shape == (2, 2) and list(log[:, 0]) == [1.0, 2.0] and np.isfinite(log[:, 1]).all()
     assert any((run / "wandb").rglob("*.wandb")), "offline wandb run files missing"
     assert not list((run / "checkpoints" / "step1").glob(".*partial"))
+    # --data_path_val: the leaderboard SSIM of each epoch's weights, as evaluating that checkpoint gives it
+    from data.transforms import undersampled_model_input
+    from utils.artifacts import load_checkpoint_model
+    from utils.inference import reconstruct_volume
+    from utils.metrics import leaderboard_foreground_mask, leaderboard_ssim
+
+    reported = _val_ssim(first.stdout)
+    assert len(reported) == 2, first.stdout[-2000:]
+    vol = read_kspace_file(micro / "val" / "kspace" / "brain_test1.h5")
+    labels = read_image_file(micro / "val" / "image" / "brain_test1.h5", keys=("image_label",))
+    mask = torch.from_numpy(vol.mask)
+    kspace = undersampled_model_input(torch.from_numpy(vol.kspace), mask, "brain")
+    fg = leaderboard_foreground_mask(labels["image_label"], "brain")
+    for epoch, value in zip((1, 2), reported):
+        model, _ = load_checkpoint_model(run / "checkpoints" / "step1" / f"epoch-{epoch}")
+        recon = reconstruct_volume(model, kspace, mask, 1).numpy()
+        ssim = float(leaderboard_ssim(recon, labels["image_label"], labels["max"], fg).mean())
+        assert 0 < ssim <= 1 and value == pytest.approx(ssim, abs=1e-4)
+    assert reported[0] != reported[1]
     # same arguments -> bit-identical loss log and weights
-    second = _run(_args(micro, tmp_path / "b"))
+    second = _run(_args(micro, tmp_path / "b", *val))
     assert second.returncode == 0, second.stderr[-3000:]
     log_b = np.load(tmp_path / "b" / "net" / "loss_log" / "step1" / "loss_log.npy")
     assert np.array_equal(log, log_b)
@@ -100,12 +110,28 @@ def test_end_to_end_layout_and_determinism(micro, tmp_path):
     assert third.returncode == 0, third.stderr[-3000:]
     log_c = np.load(tmp_path / "c" / "net" / "loss_log" / "step1" / "loss_log.npy")
     assert log_c[0, 1] != log[0, 1]
+    # the audit command: a and b are identical everywhere (wandb histories included); c diverges at once
+    audit = [sys.executable, "-m", "utils.audit", "compare"]
+    same = subprocess.run([*audit, str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "ab")], cwd=REPO,
+                          env=ENV, capture_output=True, text=True, timeout=300)
+    assert same.returncode == 0, same.stdout[-3000:] + same.stderr[-3000:]
+    rows = [line for line in same.stdout.splitlines() if line.startswith("net ")]
+    for series in ("loss_log", "iter loss", "iter lr", "wandb train/loss", "wandb train/lr", "wandb val/ssim"):
+        assert any(f" {series} " in row and " identical " in row for row in rows), (series, same.stdout)
+    assert (tmp_path / "ab" / "report.md").is_file() and (tmp_path / "ab" / "net_step1.png").is_file()
+    differ = subprocess.run([*audit, str(tmp_path / "a"), str(tmp_path / "c")], cwd=REPO, env=ENV, capture_output=True,
+                            text=True, timeout=300)
+    assert differ.returncode == 1 and "diverged" in differ.stdout
+    first = next(line for line in differ.stdout.splitlines() if line.startswith("net ") and " iter loss " in line)
+    assert "epoch 1, iteration 1" in first, differ.stdout
 
 
 def test_step_resume_numbering_and_new_lr(micro, tmp_path):
-    first = _run(_args(micro, tmp_path))
+    first = _run(_args(micro, tmp_path, "--keep_last_checkpoints", "1"))
     assert first.returncode == 0, first.stderr[-3000:]
     ckpt = tmp_path / "net" / "checkpoints" / "step1" / "epoch-2"
+    # --keep_last_checkpoints 1: only the tag the next step restarts from is left
+    assert sorted(p.name for p in ckpt.parent.glob("epoch-*")) == ["epoch-2"]
     restart = ("--step", "2", "--restart_from_checkpoint", str(ckpt), "--continue_lr_scheduler", "false",
                "--max_lr", "5e-4", "--warmup_epochs", "0", "--num_epochs", "5", "--stop_epoch", "3")
     refused = _run(_args(micro, tmp_path, *restart))
@@ -125,32 +151,53 @@ def test_step_resume_numbering_and_new_lr(micro, tmp_path):
     assert any(not torch.equal(w1[k], w2[k]) for k in w1)
 
 
-def test_kill_and_resume_matches_uninterrupted(micro, tmp_path):
-    reference = _run(_args(micro, tmp_path / "ref", "--stop_epoch", "3"))
+def _expected_lr(t: float, max_lr=1e-3, warmup=1.0, total=4.0) -> float:
+    """The recipe's LR at fractional epoch t, written out independently of utils/lr_schedule.py."""
+    if t < warmup:
+        return max_lr * t / warmup
+    return 0.5 * max_lr * (1 + math.cos(math.pi * (t - warmup) / (total - warmup)))
+
+
+def test_kill_and_resume_at_batch_size_2_matches_uninterrupted(micro6, tmp_path):
+    """6 samples, batch 2, accumulation 2: each epoch is padded to 2 whole optimizer steps (4 micro-batches),
+    so a run SIGKILLed by the engine's hook right after its 5th micro-step (mid-epoch 2, mid-accumulation)
+    and restarted from epoch-1 is bit-identical to an uninterrupted run: weights, loss log, iteration log
+    and the merged wandb histories (checked with the audit command)."""
+    batch = ("--batch_size", "2", "--gradient_accumulation_steps", "2", "--stop_epoch", "3")
+    reference = _run(_args(micro6, tmp_path / "ref", *batch))
     assert reference.returncode == 0, reference.stderr[-3000:]
-    # a run killed with SIGKILL in the middle of epoch 2 ...
+    ref_iters = np.load(tmp_path / "ref" / "net" / "loss_log" / "step1" / "iter_log.npy")
+    assert ref_iters.shape == (12, 4) and list(ref_iters[:, 1]) == list(range(1, 13))
+    # the LR the optimizer held at each step (read back from its parameter groups) is the schedule's:
+    # optimizer step j (0-based) of epoch e runs at lr(e - 1 + (j + 1) / 2), its two micro-steps alike
+    for epoch, iteration, _, lr in ref_iters:
+        step_in_epoch = (int(iteration) - 1) % 4 // 2
+        assert lr == pytest.approx(_expected_lr(epoch - 1 + (step_in_epoch + 1) / 2), rel=1e-12, abs=1e-15)
+    assert len(set(ref_iters[:, 3])) == 5  # 0.5e-3 at mid-warm-up and again on the cosine
+
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "train.py", *_args(micro, out, "--stop_epoch", "3")], cwd=REPO, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    tag1 = out / "net" / "checkpoints" / "step1" / "epoch-1"
-    deadline = time.time() + 300
-    while not (tag1 / OPTIM_STATES).is_file() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert (tag1 / MODEL_STATES).is_file()
-    assert not (out / "net" / "checkpoints" / "step1" / "epoch-3").exists()
-    # ... restarted from its last checkpoint reaches the same weights at the next epoch boundaries
-    resumed = _run(_args(micro, out, "--stop_epoch", "3", "--restart_from_checkpoint", str(tag1), preset=False))
+    killed = subprocess.run([sys.executable, "train.py", *_args(micro6, out, *batch)], cwd=REPO, capture_output=True,
+                            env={**ENV, "MRI_ENGINE_KILL_AFTER_MICROSTEPS": "5"}, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    steps = out / "net" / "checkpoints" / "step1"
+    assert sorted(p.name for p in steps.glob("epoch-*")) == ["epoch-1"]
+    resumed = _run(_args(micro6, out, *batch, "--restart_from_checkpoint", str(steps / "epoch-1"), preset=False))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     for epoch in (2, 3):
         wa = _weights(tmp_path / "ref" / "net" / "checkpoints" / "step1" / f"epoch-{epoch}")
-        wb = _weights(out / "net" / "checkpoints" / "step1" / f"epoch-{epoch}")
+        wb = _weights(steps / f"epoch-{epoch}")
         assert all(torch.equal(wa[k], wb[k]) for k in wa), f"weights differ at epoch {epoch}"
-    ref_log = np.load(tmp_path / "ref" / "net" / "loss_log" / "step1" / "loss_log.npy")
-    res_log = np.load(out / "net" / "loss_log" / "step1" / "loss_log.npy")
-    assert np.array_equal(ref_log, res_log)
+    for name in ("loss_log.npy", "iter_log.npy"):
+        ref_log = np.load(tmp_path / "ref" / "net" / "loss_log" / "step1" / name)
+        assert np.array_equal(ref_log, np.load(out / "net" / "loss_log" / "step1" / name)), name
+    # the audit agrees; the killed run's wandb history before the kill was never flushed (SIGKILL), so its
+    # wandb series may only be incomplete, never diverged; the iteration log covers the whole run
+    from utils.audit import IDENTICAL, INCOMPLETE, compare_results
+
+    report = compare_results(tmp_path / "ref", out)
+    assert not report.missing and {r.name for r in report.results} >= {"loss_log", "iter loss", "iter lr", "wandb train/loss"}
+    for r in report.results:
+        assert r.verdict == IDENTICAL or (r.name.startswith("wandb") and r.verdict == INCOMPLETE and not r.only_b), r
 
 
 @pytest.mark.parametrize("model", ["anatomy_cnn", "nnmamba_cls"])
@@ -172,6 +219,8 @@ def test_classifier_trains_through_the_same_entry_point(micro, tmp_path, model):
         ("unknown_flag", "unrecognized arguments: --max_lrr"),
         ("not_a_checkpoint", "not a checkpoint"),
         ("unknown_hparam", "unrecognized arguments: --cascade"),
+        ("zero_stage_3", "--zero_stage 3 is not supported"),
+        ("zero3_checkpoint", "a ZeRO-3 checkpoint"),
     ],
 )
 def test_bad_inputs_fail_before_training(micro, tmp_path, case, words):
@@ -193,6 +242,13 @@ def test_bad_inputs_fail_before_training(micro, tmp_path, case, words):
         extra = ["--restart_from_checkpoint", str(tmp_path / "fake" / "epoch-3")]
     elif case == "unknown_hparam":
         extra = ["--cascade", "3"]  # a PromptMR hyperparameter, not VarNet's
+    elif case == "zero_stage_3":
+        extra = ["--zero_stage", "3"]
+    elif case == "zero3_checkpoint":
+        tag = tmp_path / "z3" / "epoch-3"
+        tag.mkdir(parents=True)
+        torch.save({"module": None}, tag / "zero_pp_rank_0_mp_rank_00_model_states.pt")
+        extra = ["--restart_from_checkpoint", str(tag)]
     res = _run(_args(data, tmp_path / "out", *extra), timeout=120)
     assert res.returncode != 0
     assert words in res.stderr, res.stderr[-2000:]
@@ -202,11 +258,17 @@ def test_bad_inputs_fail_before_training(micro, tmp_path, case, words):
 
 
 def test_bf16_and_zero_stage_options(micro, tmp_path):
-    res = _run(_args(micro, tmp_path, "--bf16", "--zero_stage", "2", "--stop_epoch", "1"))
+    """--bf16 --zero_stage 2 (and the --flag / --flag false forms of the boolean flags)."""
+    res = _run(_args(micro, tmp_path, "--bf16", "--zero_stage", "2", "--stop_epoch", "1", "--deterministic", "false",
+                     "--no-continue_lr_scheduler"))
     assert res.returncode == 0, res.stderr[-3000:]
-    config = __import__("json").loads((tmp_path / "net" / "checkpoints" / "step1" / "run_config.json").read_text())
+    config = json.loads((tmp_path / "net" / "checkpoints" / "step1" / "run_config.json").read_text())
+    assert config["engine"]["bf16"] is True and config["engine"]["deterministic"] is False
+    assert config["engine"]["continue_lr_scheduler"] is False
     ds = config["deepspeed"]
     assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+    # autocast actually ran: the engine's probe saw bfloat16 autocast active inside the model's forward
+    assert load_model_states(tmp_path / "net" / "checkpoints" / "step1" / "epoch-1")["autocast_dtype"] == "bfloat16"
     assert ds["zero_optimization"]["stage"] == 2 and ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert ds["gradient_accumulation_steps"] == 2 and ds["gradient_clipping"] == 0.01
     log = np.load(tmp_path / "net" / "loss_log" / "step1" / "loss_log.npy")
@@ -214,12 +276,22 @@ def test_bf16_and_zero_stage_options(micro, tmp_path):
 
 
 def test_two_ranks_each_read_their_share(micro, tmp_path):
-    """torchrun with 2 CPU processes (gloo): ZeRO-1 shards the optimizer state over both ranks."""
+    """torchrun with 2 CPU processes (gloo): ZeRO-1 shards the optimizer state over both ranks, and in every
+    epoch the dataset indices the two ranks read (the engine's trace hook) are disjoint and cover it."""
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000), "train.py",
            *_args(micro, tmp_path)]
-    res = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    trace = tmp_path / "trace"
+    res = subprocess.run(cmd, cwd=REPO, env={**ENV, "MRI_ENGINE_SAMPLE_TRACE": str(trace)}, capture_output=True,
+                         text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
+    orders = []
+    for epoch in (1, 2):
+        shares = [np.load(trace / f"rank{r}_epoch{epoch}.npy").tolist() for r in (0, 1)]
+        assert len(shares[0]) == len(shares[1]) == 2 and not set(shares[0]) & set(shares[1])
+        assert sorted(shares[0] + shares[1]) == [0, 1, 2, 3]
+        orders.append(shares)
+    assert orders[0] != orders[1]  # a new permutation each epoch
     tag = tmp_path / "net" / "checkpoints" / "step1" / "epoch-2"
     assert (tag / "zero_pp_rank_0_mp_rank_00_optim_states.pt").is_file()
     assert (tag / "zero_pp_rank_1_mp_rank_00_optim_states.pt").is_file()

@@ -29,6 +29,8 @@ import torch
 MODEL_STATES = "mp_rank_00_model_states.pt"
 OPTIM_STATES = "zero_pp_rank_0_mp_rank_00_optim_states.pt"
 OPTIM_STATES_GLOB = "*_optim_states.pt"
+# ZeRO-3 writes one model-states file per rank under this name (the weights partitioned over the ranks).
+ZERO3_MODEL_STATES_GLOB = "zero_pp_rank_*_mp_rank_*_model_states.pt"
 _EPOCH_RE = re.compile(r"^epoch-(\d+)$")
 
 # The only non-tensor, non-container types DeepSpeed 0.19 pickles into a checkpoint (ZeRO stages 0-3,
@@ -56,6 +58,9 @@ def check_checkpoint(path) -> Path:
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a checkpoint: folder not found")
     if not is_checkpoint(path):
+        if any(path.glob(ZERO3_MODEL_STATES_GLOB)):
+            raise CheckpointError(f"{path}: a ZeRO-3 checkpoint (weights partitioned over the ranks, no "
+                                  f"{MODEL_STATES}): not supported; train with --zero_stage 0, 1 or 2")
         raise CheckpointError(f"{path}: not a checkpoint: {MODEL_STATES} missing")
     return path
 
@@ -75,6 +80,20 @@ def latest_epoch_tag(step_dir) -> Optional[Path]:
         return None
     tags = [p for p in step_dir.iterdir() if _EPOCH_RE.match(p.name) and is_checkpoint(p)]
     return max(tags, key=epoch_of_tag) if tags else None
+
+
+def prune_epoch_tags(step_dir, keep: int) -> List[Path]:
+    """Delete all but the ``keep`` (>= 1) finished ``epoch-N`` tags with the largest N in ``step_dir``;
+    returns the deleted tags. Other folders (unfinished ``.partial`` tags, other steps) are left alone, so
+    the tag the next step restarts from (this step's last) is always kept."""
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    step_dir = Path(step_dir)
+    tags = sorted((p for p in step_dir.iterdir() if _EPOCH_RE.match(p.name) and is_checkpoint(p)), key=epoch_of_tag)
+    doomed = tags[:-keep]
+    for tag in doomed:
+        shutil.rmtree(tag)
+    return doomed
 
 
 def _safe_globals() -> List[type]:

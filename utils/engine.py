@@ -1,5 +1,5 @@
-"""The one training engine: DeepSpeed (ZeRO, CPU Adam offload), the recipe's LR schedule, per-epoch
-checkpoints and loss logs in the challenge layout, offline wandb, deterministic data order.
+"""The one training engine: DeepSpeed (ZeRO stages 0-2, CPU Adam offload), the recipe's LR schedule,
+per-epoch checkpoints and loss logs in the challenge layout, offline wandb, deterministic data order.
 
 The engine knows nothing about MRI: ``train.py`` hands it a model, a dataset, a collate function and an
 objective ``objective(model, batch, device) -> scalar loss``. Runs as plain ``python train.py`` (one
@@ -10,7 +10,17 @@ Outputs under ``<result_path>/<net_name>/``::
 
     checkpoints/step{k}/epoch-{n}/mp_rank_00_model_states.pt, zero_pp_rank_0_mp_rank_00_optim_states.pt
     loss_log/step{k}/loss_log.npy      rows (epoch, mean train loss)
+    loss_log/step{k}/iter_log.npy      rows (epoch, iteration, loss, learning rate) per micro-step (rank 0)
     wandb/                             offline unless WANDB_MODE=online
+
+Exact resume: every optimizer step lies inside one epoch (each rank's share is padded to a multiple of
+``batch_size x gradient_accumulation_steps`` samples), so the epoch-end checkpoint never lands in the
+middle of a gradient accumulation, and a run restarted from it repeats the uninterrupted run bit for bit.
+``python -m utils.audit`` compares two result trees (loss logs, iteration logs, wandb histories, weights).
+
+Test hooks (environment variables, read once per run): ``MRI_ENGINE_KILL_AFTER_MICROSTEPS=N`` makes the
+process SIGKILL itself after its N-th micro-step (a crash mid-epoch by construction);
+``MRI_ENGINE_SAMPLE_TRACE=DIR`` writes ``DIR/rank{r}_epoch{e}.npy``, the dataset indices rank r read.
 """
 from __future__ import annotations
 
@@ -19,11 +29,12 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -34,6 +45,7 @@ from utils.checkpoint import (
     CheckpointError,
     check_checkpoint_files,
     epoch_of_tag,
+    prune_epoch_tags,
     safe_checkpoint_engine,
     save_tag_atomically,
     weights_only_loading,
@@ -43,32 +55,46 @@ from utils.lr_schedule import LRSchedule
 from utils.seed import seed_fix, torch_generator, worker_init_fn
 
 
+def _opt(default: Any, help_text: str, **extra: Any) -> Any:
+    """A dataclass field whose ``metadata`` carries its CLI help (see :mod:`utils.cli`)."""
+    return dataclasses.field(default=default, metadata={"help": help_text, **extra})
+
+
+#: Engine options that are flags of train.py's "run" group (the rest go to "optimisation").
+RUN_FLAGS = ("step", "seed", "deterministic", "num_workers", "log_every", "keep_last_checkpoints")
+
+
 @dataclasses.dataclass
 class EngineConfig:
-    """Everything the engine needs besides the model and data (units: epochs, learning rates)."""
+    """Everything the engine needs besides the model and data (units: epochs, learning rates).
+
+    Declared once: train.py's engine flags are generated from these fields (:mod:`utils.cli`), the
+    field ``metadata`` holding each flag's help text.
+    """
 
     result_path: str
     net_name: str
-    step: int = 1
-    seed: int = 430
-    deterministic: bool = False
-    num_epochs: int = 20
-    warmup_epochs: float = 1.0
-    stop_epoch: Optional[int] = None
-    max_lr: float = 3e-4
-    min_lr: float = 0.0
-    batch_size: int = 1
-    gradient_accumulation_steps: int = 2
-    gradient_clipping: float = 0.01
-    weight_decay: float = 1e-4
-    zero_stage: int = 1
-    offload_optimizer: bool = True
-    bf16: bool = False
-    num_workers: int = 2
-    restart_from_checkpoint: Optional[str] = None
-    continue_lr_scheduler: bool = True
-    log_every: int = 10
-    deepspeed_config: Optional[str] = None
+    step: int = _opt(1, "recipe step k: checkpoints/step{k}, loss_log/step{k}")
+    seed: int = _opt(430, "seed of every random stream (data order, masks, augmentation, initialisation)")
+    deterministic: bool = _opt(False, "torch.use_deterministic_algorithms(True) and CUBLAS_WORKSPACE_CONFIG=:16:8")
+    num_epochs: int = _opt(20, "epoch at which the cosine reaches min_lr")
+    warmup_epochs: float = _opt(1.0, "linear warm-up length in epochs")
+    stop_epoch: Optional[int] = _opt(None, "last epoch to train (default num_epochs)")
+    max_lr: float = _opt(3e-4, "peak learning rate")
+    min_lr: float = _opt(0.0, "learning rate at num_epochs")
+    batch_size: int = _opt(1, "micro-batch size per rank")
+    gradient_accumulation_steps: int = _opt(2, "micro-batches per optimizer step")
+    gradient_clipping: float = _opt(0.01, "global gradient-norm clipping")
+    weight_decay: float = _opt(1e-4, "AdamW weight decay (not on biases, norms, scalars)")
+    zero_stage: int = _opt(1, "DeepSpeed ZeRO stage (3 is refused: it partitions the weights)", choices=(0, 1, 2, 3))
+    offload_optimizer: bool = _opt(True, "ZeRO: optimizer state and step on the CPU (DeepSpeedCPUAdam)")
+    bf16: bool = _opt(False, "bfloat16 autocast with fp32 master weights")
+    num_workers: int = _opt(2, "DataLoader workers per rank")
+    restart_from_checkpoint: Optional[str] = _opt(None, "<result>/<net>/checkpoints/stepK/epoch-N")
+    continue_lr_scheduler: bool = _opt(True, "false: restart the LR at --max_lr with a new cosine from the checkpoint's epoch")
+    log_every: int = _opt(10, "wandb iteration logging interval (0: epoch values only)")
+    deepspeed_config: Optional[str] = _opt(None, "DeepSpeed JSON whose values the flags override")
+    keep_last_checkpoints: int = _opt(0, "keep only the last N epoch tags of this step (0: keep all)")
 
     def __post_init__(self):
         """Check every value before anything runs. A problem is one ``ValueError`` whose message starts
@@ -81,12 +107,18 @@ class EngineConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
         for name, low in (("step", 1), ("seed", 0), ("num_epochs", 1), ("stop_epoch", 1), ("batch_size", 1),
-                          ("gradient_accumulation_steps", 1), ("num_workers", 0), ("log_every", 0)):
+                          ("gradient_accumulation_steps", 1), ("num_workers", 0), ("log_every", 0),
+                          ("keep_last_checkpoints", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.zero_stage == 3:
+            raise ValueError("zero_stage 3 is not supported: ZeRO-3 partitions the weights over the ranks, so the "
+                             "rank-0 validation would wait forever for the others and its checkpoints hold no "
+                             "whole weights to resume, export or audit; use --zero_stage 2 (gradients and "
+                             "optimizer state sharded, the optimizer offloaded to the CPU)")
         if self.stop_epoch > self.num_epochs:
             raise ValueError(f"stop_epoch ({self.stop_epoch}) is beyond num_epochs ({self.num_epochs})")
         if self.max_lr <= 0:
@@ -111,14 +143,25 @@ class EngineConfig:
     def loss_log_path(self) -> Path:
         return self.run_dir / "loss_log" / f"step{self.step}" / "loss_log.npy"
 
+    @property
+    def iter_log_path(self) -> Path:
+        return self.loss_log_path.with_name("iter_log.npy")
+
+    @property
+    def samples_per_optimizer_step(self) -> int:
+        """Samples one rank reads per optimizer step: ``batch_size x gradient_accumulation_steps``."""
+        return self.batch_size * self.gradient_accumulation_steps
+
 
 # ------------------------------------------------------------------------------------------ sampling
 
 
 class EpochShardSampler(Sampler[int]):
     """Seeded permutation of ``range(n)`` per epoch (a pure function of ``(seed, epoch)``); rank ``r`` of
-    ``world_size`` takes every ``world_size``-th index from ``r``. Each rank's share is padded (by
-    wrapping) to a multiple of ``multiple`` so gradient accumulation never spans two epochs."""
+    ``world_size`` takes every ``world_size``-th index from ``r``, so the ranks' shares are disjoint and
+    cover the epoch (up to the padding). Each rank's share is padded (by wrapping the permutation) to a
+    multiple of ``multiple`` *samples*: the engine passes ``batch_size x gradient_accumulation_steps``, so
+    an epoch is a whole number of optimizer steps and no gradient accumulation spans two epochs."""
 
     def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1, multiple: int = 1, shuffle: bool = True):
         if n < 1:
@@ -305,29 +348,58 @@ class LossLog:
     """``loss_log.npy``: float64 rows ``(epoch, mean train loss)``, rewritten atomically each epoch.
     Rows after ``keep_until_epoch`` (left by an interrupted run) are dropped on open."""
 
+    COLUMNS: Tuple[str, ...] = ("epoch", "loss")
+    KIND = "loss log"
+
     def __init__(self, path: Path, keep_until_epoch: int):
         self.path = Path(path)
-        rows = self.read(self.path) if self.path.is_file() else np.zeros((0, 2))
-        self.rows = rows[rows[:, 0] <= keep_until_epoch] if rows.size else np.zeros((0, 2))
+        width = len(self.COLUMNS)
+        rows = self.read(self.path) if self.path.is_file() else np.zeros((0, width))
+        self.rows = rows[rows[:, 0] <= keep_until_epoch] if rows.size else np.zeros((0, width))
+        self.pending: List[List[float]] = []
 
-    @staticmethod
-    def read(path: Path) -> np.ndarray:
-        """The float64 ``(N, 2)`` rows of a loss log; never unpickles (``allow_pickle=False``).
+    @classmethod
+    def read(cls, path: Path) -> np.ndarray:
+        """The float64 ``(N, len(COLUMNS))`` rows of such a log; never unpickles (``allow_pickle=False``).
         A file that is not such an array raises one ``ValueError`` naming it."""
+        width = len(cls.COLUMNS)
         try:
             rows = np.load(path, allow_pickle=False)
         except Exception as exc:  # noqa: BLE001 - pickled, truncated or not .npy at all
             problem = "holds pickled objects (refused)" if "allow_pickle" in str(exc) else " ".join(str(exc).split())
-            raise ValueError(f"{path}: not a loss log: {problem}") from None
-        if not isinstance(rows, np.ndarray) or rows.dtype.kind not in "fiu" or (rows.size and (rows.ndim != 2 or rows.shape[1] != 2)):
-            raise ValueError(f"{path}: not a loss log: expected float rows (epoch, loss), got {getattr(rows, 'dtype', '?')} {getattr(rows, 'shape', '?')}")
-        return rows.astype(np.float64).reshape(-1, 2)
+            raise ValueError(f"{path}: not a {cls.KIND}: {problem}") from None
+        if not isinstance(rows, np.ndarray) or rows.dtype.kind not in "fiu" or (rows.size and (rows.ndim != 2 or rows.shape[1] != width)):
+            raise ValueError(f"{path}: not a {cls.KIND}: expected float rows ({', '.join(cls.COLUMNS)}), "
+                             f"got {getattr(rows, 'dtype', '?')} {getattr(rows, 'shape', '?')}")
+        return rows.astype(np.float64).reshape(-1, width)
 
-    def append(self, epoch: int, loss: float) -> None:
-        self.rows = np.vstack([self.rows, [[float(epoch), float(loss)]]])
+    def add(self, *values: float) -> None:
+        """Queue one row (written by the next :meth:`flush`)."""
+        self.pending.append([float(v) for v in values])
+
+    def flush(self) -> None:
+        """Append the queued rows and rewrite the file atomically."""
+        if self.pending:
+            self.rows = np.vstack([self.rows, np.asarray(self.pending, dtype=np.float64)])
+            self.pending = []
         with atomic_path(self.path) as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, self.rows)
+
+    def append(self, epoch: int, loss: float) -> None:
+        self.add(epoch, loss)
+        self.flush()
+
+
+class IterationLog(LossLog):
+    """``iter_log.npy``: float64 rows ``(epoch, iteration, loss, lr)``, one per micro-step of rank 0:
+    ``iteration`` counts micro-steps from the start of training (wandb's step), ``loss`` is rank 0's
+    micro-batch loss, ``lr`` the learning rate read back from the optimizer's parameter groups after the
+    step (what the optimizer applied at an accumulation boundary). Written with the epoch's checkpoint;
+    rows after the restart epoch are dropped on open, as in :class:`LossLog`."""
+
+    COLUMNS = ("epoch", "iteration", "loss", "lr")
+    KIND = "iteration log"
 
 
 class WandbLogger:
@@ -480,10 +552,82 @@ def _load_checkpoint_safely(engine, path: Path) -> None:
         raise CheckpointError(f"{path}: DeepSpeed could not load this checkpoint")
 
 
-def train(
+def _inner_optimizer(optimizer):
+    """The torch optimizer that applies the update (DeepSpeed's ZeRO wrappers hold it as ``.optimizer``)."""
+    while hasattr(optimizer, "optimizer") and hasattr(optimizer.optimizer, "param_groups"):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+def _env_int(name: str) -> Optional[int]:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
+
+
+class _RecordingSampler(Sampler[int]):
+    """Yields ``inner``'s indices and remembers them (the ``MRI_ENGINE_SAMPLE_TRACE`` hook)."""
+
+    def __init__(self, inner: Sampler[int]):
+        self.inner, self.seen = inner, []
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[int]:
+        self.seen = []
+        for index in self.inner:
+            self.seen.append(index)
+            yield index
+
+
+class _AutocastProbe:
+    """Forward pre-hook on the model: records the autocast dtype active in the first forward (``None``
+    when autocast is off), i.e. what actually ran, whatever the configuration says."""
+
+    def __init__(self, device_type: str):
+        self.device_type, self.dtype, self.seen = device_type, None, False
+
+    def __call__(self, module, inputs) -> None:
+        if not self.seen:
+            self.seen = True
+            if torch.is_autocast_enabled(self.device_type):
+                self.dtype = str(torch.get_autocast_dtype(self.device_type)).replace("torch.", "")
+
+
+@dataclasses.dataclass
+class TrainingRun:
+    """Everything :func:`train` sets up once: the DeepSpeed engine, the data, the schedule and the logs."""
+
+    cfg: EngineConfig
+    engine: Any
+    device: torch.device
+    rank: int
+    world: int
+    sampler: EpochShardSampler
+    loader: DataLoader
+    schedule: LRSchedule
+    start_epoch: int
+    steps_per_epoch: int  # optimizer steps per epoch
+    loss_log: Optional[LossLog]
+    iter_log: Optional[IterationLog]
+    logger: "WandbLogger"
+    autocast: _AutocastProbe
+    client_base: Dict[str, Any]
+    iteration: int = 0
+    micro_steps: int = 0  # in this process (the kill hook counts these)
+    samples: int = 0
+    kill_after: Optional[int] = None
+    trace_dir: Optional[Path] = None
+
+
+def setup_training(
     model: nn.Module,
     dataset: Dataset,
-    objective: Objective,
     cfg: EngineConfig,
     *,
     model_name: str,
@@ -491,19 +635,15 @@ def train(
     run_args: Dict[str, Any],
     collate_fn: Optional[Callable] = None,
     resume: Optional[Dict[str, Any]] = None,
-    validate: Optional[Callable[[nn.Module, int], Dict[str, float]]] = None,
-    progress: bool = True,
-) -> TrainResult:
-    """Train ``model`` on ``dataset`` with ``objective`` for epochs ``start+1 .. cfg.stop_epoch``.
-
-    ``resume``: the dict from :func:`resume_state` (its weights and optimizer state are loaded through
-    DeepSpeed). ``validate(model, epoch) -> {name: value}`` runs on rank 0 after each epoch.
-    """
+) -> TrainingRun:
+    """Distributed init, seeding, the LR schedule, DeepSpeed (and the resumed state), the sharded
+    loader, the logs and ``run_config.json``."""
     prefer_interpreter_ninja()  # before DeepSpeed JIT-builds anything: one ninja, one cached build
     import deepspeed
-    from tqdm import tqdm
 
     resume = resume or {}
+    kill_after = _env_int("MRI_ENGINE_KILL_AFTER_MICROSTEPS")
+    trace = os.environ.get("MRI_ENGINE_SAMPLE_TRACE", "").strip()
     init_distributed()
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     seed_fix(cfg.seed, cfg.deterministic)
@@ -520,15 +660,16 @@ def train(
     ds_config = deepspeed_config(cfg)
     optimizer = _optimizer(model, cfg, on_cpu)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
-    device = engine.device
     if resume:
         _load_checkpoint_safely(engine, Path(cfg.restart_from_checkpoint))
+    autocast = _AutocastProbe(engine.device.type)
+    engine.module.register_forward_pre_hook(autocast)
 
-    sampler = EpochShardSampler(len(dataset), cfg.seed, rank, world, multiple=cfg.gradient_accumulation_steps)
+    sampler = EpochShardSampler(len(dataset), cfg.seed, rank, world, multiple=cfg.samples_per_optimizer_step)
     loader = DataLoader(
         dataset,
         batch_size=cfg.batch_size,
-        sampler=sampler,
+        sampler=_RecordingSampler(sampler) if trace else sampler,
         num_workers=cfg.num_workers,
         collate_fn=collate_fn,
         generator=torch_generator(cfg.seed),
@@ -536,71 +677,128 @@ def train(
         pin_memory=not on_cpu,
         persistent_workers=False,
     )
-    steps_per_epoch = math.ceil(len(loader) / cfg.gradient_accumulation_steps)
-    loss_log = LossLog(cfg.loss_log_path, keep_until_epoch=start_epoch) if rank == 0 else None
+    if len(loader) % cfg.gradient_accumulation_steps:  # the sampler's padding guarantees this
+        raise RuntimeError(f"{len(loader)} micro-batches per epoch is not a multiple of the accumulation steps")
     run_config = {"model": model_name, "model_config": model_config, **run_args}
     if rank == 0:
         cfg.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(cfg.checkpoint_dir / "run_config.json") as tmp:
             tmp.write_text(json.dumps({"engine": dataclasses.asdict(cfg), "deepspeed": ds_config, **run_config}, indent=2, default=str))
-    logger = WandbLogger(cfg, run_config, enabled=rank == 0)
+    client_base = {"model_name": model_name, "model_config": model_config, "args": run_args, "step": cfg.step,
+                   "lr_schedule": dataclasses.asdict(schedule), "seed": cfg.seed}
+    return TrainingRun(
+        cfg=cfg, engine=engine, device=engine.device, rank=rank, world=world, sampler=sampler, loader=loader,
+        schedule=schedule, start_epoch=start_epoch, steps_per_epoch=len(loader) // cfg.gradient_accumulation_steps,
+        loss_log=LossLog(cfg.loss_log_path, keep_until_epoch=start_epoch) if rank == 0 else None,
+        iter_log=IterationLog(cfg.iter_log_path, keep_until_epoch=start_epoch) if rank == 0 else None,
+        logger=WandbLogger(cfg, run_config, enabled=rank == 0), autocast=autocast, client_base=client_base,
+        iteration=start_epoch * len(loader), kill_after=kill_after, trace_dir=Path(trace) if trace else None,
+    )
 
+
+def train_epoch(run: TrainingRun, epoch: int, objective: Objective, dataset: Dataset, progress: bool = True) -> float:
+    """One epoch of micro-steps on this rank's share; returns the mean loss over all ranks.
+
+    The LR of optimizer step ``j`` (0-based) of epoch ``e`` is ``schedule(e - 1 + (j + 1) / steps_per_epoch)``,
+    set before each of its micro-steps; the value the optimizer holds after the step is logged.
+    """
+    from tqdm import tqdm
+
+    cfg, engine = run.cfg, run.engine
+    run.sampler.set_epoch(epoch)
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+    engine.train()
+    optimizer = _inner_optimizer(engine.optimizer)
+    total = torch.zeros((), dtype=torch.float64)
+    count = 0
+    bar = tqdm(run.loader, desc=f"epoch {epoch}/{cfg.stop_epoch}", disable=not progress or run.rank != 0,
+               dynamic_ncols=True, leave=False)
+    for i, batch in enumerate(bar):
+        opt_step = i // cfg.gradient_accumulation_steps
+        lr = run.schedule(epoch - 1 + (opt_step + 1) / run.steps_per_epoch)
+        for group in engine.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        loss = objective(engine, _move(batch, run.device), run.device)
+        _stop_if_not_finite(loss, batch, epoch, i, run.world, before_raising=bar.close)
+        engine.backward(loss)
+        engine.step()
+        value = float(loss.detach())
+        applied = float(optimizer.param_groups[0]["lr"])
+        total += value
+        count += 1
+        run.iteration += 1
+        run.micro_steps += 1
+        run.samples += cfg.batch_size * run.world
+        if run.iter_log is not None:
+            run.iter_log.add(epoch, run.iteration, value, applied)
+        bar.set_postfix(loss=f"{value:.4f}", lr=f"{applied:.2e}")
+        if cfg.log_every and run.iteration % cfg.log_every == 0:
+            run.logger.log({"train/loss": value, "train/lr": applied}, step=run.iteration)
+        if run.kill_after is not None and run.micro_steps >= run.kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)  # test hook: a crash mid-epoch, by construction
+    if run.trace_dir is not None:
+        run.trace_dir.mkdir(parents=True, exist_ok=True)
+        np.save(run.trace_dir / f"rank{run.rank}_epoch{epoch}.npy", np.asarray(run.loader.sampler.seen, dtype=np.int64))
+    stats = torch.stack([total, torch.tensor(float(count), dtype=torch.float64)])
+    if run.world > 1:
+        torch.distributed.all_reduce(stats)
+    return float(stats[0] / stats[1])
+
+
+def end_epoch(run: TrainingRun, epoch: int, mean_loss: float,
+              validate: Optional[Callable[[nn.Module, int], Dict[str, float]]] = None) -> Path:
+    """Checkpoint tag ``epoch-{epoch}`` (then pruning to ``keep_last_checkpoints``), the loss and iteration
+    logs, rank-0 validation, the epoch's wandb values and the one-line summary; returns the tag."""
+    cfg = run.cfg
+    client_state = {**run.client_base, "epoch": epoch, "autocast_dtype": run.autocast.dtype}
+    tag = save_tag_atomically(run.engine, cfg.checkpoint_dir, f"epoch-{epoch}", client_state)
+    metrics: Dict[str, Any] = {"epoch": epoch, "train/epoch_loss": mean_loss}
+    if run.rank == 0:
+        if cfg.keep_last_checkpoints:
+            prune_epoch_tags(cfg.checkpoint_dir, cfg.keep_last_checkpoints)
+        run.loss_log.append(epoch, mean_loss)
+        run.iter_log.flush()
+        if validate is not None:
+            run.engine.eval()
+            metrics.update({f"val/{k}": v for k, v in validate(run.engine.module, epoch).items()})
+        run.logger.log(metrics, step=run.iteration)
+        shown = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+        print(f"[train] {cfg.net_name} step{cfg.step} {shown}", flush=True)
+    return tag
+
+
+def train(
+    model: nn.Module,
+    dataset: Dataset,
+    objective: Objective,
+    cfg: EngineConfig,
+    *,
+    model_name: str,
+    model_config: Dict[str, Any],
+    run_args: Dict[str, Any],
+    collate_fn: Optional[Callable] = None,
+    resume: Optional[Dict[str, Any]] = None,
+    validate: Optional[Callable[[nn.Module, int], Dict[str, float]]] = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` on ``dataset`` with ``objective`` for epochs ``start+1 .. cfg.stop_epoch``:
+    :func:`setup_training`, then :func:`train_epoch` and :func:`end_epoch` per epoch.
+
+    ``resume``: the dict from :func:`resume_state` (its weights and optimizer state are loaded through
+    DeepSpeed). ``validate(model, epoch) -> {name: value}`` runs on rank 0 after each epoch.
+    """
+    run = setup_training(model, dataset, cfg, model_name=model_name, model_config=model_config, run_args=run_args,
+                         collate_fn=collate_fn, resume=resume)
     losses: List[float] = []
     last_tag: Optional[Path] = None
-    samples = 0
     t0 = time.perf_counter()
-    iteration = start_epoch * len(loader)
     try:
-        for epoch in range(start_epoch + 1, cfg.stop_epoch + 1):
-            sampler.set_epoch(epoch)
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(epoch)
-            engine.train()
-            total = torch.zeros((), dtype=torch.float64)
-            count = 0
-            bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.stop_epoch}", disable=not progress or rank != 0, dynamic_ncols=True, leave=False)
-            for i, batch in enumerate(bar):
-                opt_step = i // cfg.gradient_accumulation_steps
-                lr = schedule(epoch - 1 + (opt_step + 1) / steps_per_epoch)
-                for group in engine.optimizer.param_groups:
-                    group["lr"] = lr * group.get("lr_scale", 1.0)
-                loss = objective(engine, _move(batch, device), device)
-                _stop_if_not_finite(loss, batch, epoch, i, world, before_raising=bar.close)
-                engine.backward(loss)
-                engine.step()
-                value = float(loss.detach())
-                total += value
-                count += 1
-                iteration += 1
-                samples += cfg.batch_size * world
-                bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
-                if cfg.log_every and iteration % cfg.log_every == 0:
-                    logger.log({"train/loss": value, "train/lr": lr}, step=iteration)
-            stats = torch.stack([total, torch.tensor(float(count), dtype=torch.float64)])
-            if world > 1:
-                torch.distributed.all_reduce(stats)
-            mean_loss = float(stats[0] / stats[1])
+        for epoch in range(run.start_epoch + 1, cfg.stop_epoch + 1):
+            mean_loss = train_epoch(run, epoch, objective, dataset, progress)
             losses.append(mean_loss)
-            client_state = {
-                "model_name": model_name,
-                "model_config": model_config,
-                "args": run_args,
-                "epoch": epoch,
-                "step": cfg.step,
-                "lr_schedule": dataclasses.asdict(schedule),
-                "seed": cfg.seed,
-            }
-            last_tag = save_tag_atomically(engine, cfg.checkpoint_dir, f"epoch-{epoch}", client_state)
-            metrics = {"epoch": epoch, "train/epoch_loss": mean_loss}
-            if rank == 0:
-                loss_log.append(epoch, mean_loss)
-                if validate is not None:
-                    engine.eval()
-                    metrics.update({f"val/{k}": v for k, v in validate(engine.module, epoch).items()})
-                logger.log(metrics, step=iteration)
-                shown = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
-                print(f"[train] {cfg.net_name} step{cfg.step} {shown}", flush=True)
+            last_tag = end_epoch(run, epoch, mean_loss, validate)
     finally:
-        logger.finish()
+        run.logger.finish()
     seconds = time.perf_counter() - t0
-    return TrainResult(rank, cfg.stop_epoch, losses, last_tag, seconds, samples / max(seconds, 1e-9))
+    return TrainResult(run.rank, cfg.stop_epoch, losses, last_tag, seconds, run.samples / max(seconds, 1e-9))
