@@ -41,7 +41,7 @@ from torch.utils.checkpoint import checkpoint
 from models.config import ModelConfig
 from models.hifimamba_blocks import DualStreamBlock
 from models.selective_scan import BACKENDS
-from models.unet import SensitivityNet, batch_acs_mask
+from models.unet import SensitivityNet
 from utils import physics
 
 __all__ = ["HiFiMambaConfig", "HiFiMamba", "HiFiMambaGroup", "PatchEmbed", "Unpatchify", "OUTPUT_SIZE"]
@@ -271,7 +271,7 @@ class HiFiMamba(nn.Module):
         """Coil maps ``(B, C, H, W)``: ones for C == 1, else SensitivityNet on the ACS of ``centre``."""
         if centre.shape[1] == 1:
             return torch.ones_like(centre)
-        acs = batch_acs_mask(sampled, num_low_frequencies)[:, None, None, :]
+        acs = physics.acs_columns(sampled, num_low_frequencies, "contiguous")[:, None, None, :]
         return self._run(self.sens_net, centre, acs)
 
     # ------------------------------------------------------------------------------------ network

@@ -10,7 +10,11 @@ Building blocks shared by unrolled reconstruction models (E2E-VarNet, HiFi-Mamba
   multiple of ``2**num_pools``, U-Net, undo all of it.
 * :class:`SensitivityNet` -- coil sensitivity maps from the ACS lines of the k-space: a NormUnet
   applied to every coil image separately, maps normalised by their RSS over coils.
-* :func:`batch_acs_mask` -- per-batch-element ACS column mask from a sampling mask.
+
+The ACS columns the sensitivity net sees come from :func:`utils.physics.acs_columns` (the model picks
+the convention). Padding follows fastMRI: each axis is zero-padded to the next multiple of 16
+(``((n - 1) | 15) + 1``, the extra pixel after), and a U-Net level whose upsampled map is one pixel short
+of its skip is reflect-padded at the bottom/right.
 
 All FFT and coil operations come from :mod:`utils.physics`.
 """
@@ -24,7 +28,7 @@ from torch.nn import functional as F
 
 from utils import physics
 
-__all__ = ["ConvBlock", "UpBlock", "Unet", "NormUnet", "SensitivityNet", "batch_acs_mask"]
+__all__ = ["ConvBlock", "UpBlock", "Unet", "NormUnet", "SensitivityNet"]
 
 # Added to the variance before the square root: keeps all-zero inputs finite (value and gradient)
 # while being negligible against MRI data (k-space/image std >= 1e-8 in every dataset we know).
@@ -61,12 +65,13 @@ class UpBlock(nn.Sequential):
 
 
 def _match_size(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Replicate-pad ``x`` on the bottom/right so its last two axes match ``like`` (odd sizes)."""
+    """Reflect-pad ``x`` on the bottom/right so its last two axes match ``like`` (odd sizes), as fastMRI's
+    U-Net does after each transposed convolution."""
     dh = like.shape[-2] - x.shape[-2]
     dw = like.shape[-1] - x.shape[-1]
     if dh == 0 and dw == 0:
         return x
-    return F.pad(x, (0, dw, 0, dh), mode="replicate")
+    return F.pad(x, (0, dw, 0, dh), mode="reflect")
 
 
 class Unet(nn.Module):
@@ -105,10 +110,14 @@ class Unet(nn.Module):
         return self.head(x)
 
 
-def _pad_amounts(size: int, multiple: int) -> Tuple[int, int]:
-    """(before, after) zero padding to a multiple of ``multiple`` that is at least ``2 * multiple``
-    (so the U-Net bottleneck is never a single pixel, which InstanceNorm rejects in training)."""
-    total = max(-size % multiple, 2 * multiple - size)
+FASTMRI_PAD_MULTIPLE = 16  # fastMRI's NormUnet.pad: ((n - 1) | 15) + 1
+
+
+def _pad_amounts(size: int, num_pools: int) -> Tuple[int, int]:
+    """(before, after) zero padding of one axis: fastMRI's, to the next multiple of 16 (floor before, ceil
+    after). Only where that would leave the bottleneck under 2 pixels (sizes below ``2 ** (num_pools + 1)``,
+    on which fastMRI's InstanceNorm fails in training) is it padded further, to ``2 ** (num_pools + 1)``."""
+    total = max(-size % FASTMRI_PAD_MULTIPLE, 2 ** (num_pools + 1) - size)
     return total // 2, total - total // 2
 
 
@@ -118,15 +127,15 @@ class NormUnet(nn.Module):
     The real parts (all channels together) and the imaginary parts are each normalised to zero
     mean and unit standard deviation per sample; the U-Net output is mapped back with the same
     statistics, so the module is equivariant to positive scaling of its input. The image is
-    zero-padded (centred) to a multiple of ``2**num_pools`` (at least ``2**(num_pools+1)``) on both
-    axes, so any H, W >= 1 work.
+    zero-padded as fastMRI's NormUnet pads it (:func:`_pad_amounts`: the next multiple of 16, at least
+    ``2**(num_pools+1)``), so any H, W >= 1 work.
     """
 
     def __init__(self, chans: int, num_pools: int, in_complex: int = 1, out_complex: int = 1, drop_prob: float = 0.0):
         super().__init__()
         self.in_complex = in_complex
         self.out_complex = out_complex
-        self.multiple = 2**num_pools
+        self.num_pools = num_pools
         self.unet = Unet(2 * in_complex, 2 * out_complex, chans, num_pools, drop_prob)
 
     @staticmethod
@@ -147,7 +156,7 @@ class NormUnet(nn.Module):
         parts = torch.stack([x.real, x.imag], dim=1)  # (N, 2, C, H, W)
         mean, std = self._stats(parts)
         parts = (parts - mean) / std
-        (top, bottom), (left, right) = _pad_amounts(h, self.multiple), _pad_amounts(w, self.multiple)
+        (top, bottom), (left, right) = _pad_amounts(h, self.num_pools), _pad_amounts(w, self.num_pools)
         y = F.pad(parts.reshape(n, 2 * self.in_complex, h, w), (left, right, top, bottom))
         y = self.unet(y)[..., top : top + h, left : left + w]
         y = y.reshape(n, 2, self.out_complex, h, w) * std + mean
@@ -173,36 +182,3 @@ class SensitivityNet(nn.Module):
         maps = self.norm_unet(images.reshape(-1, 1, *images.shape[-2:])).reshape(images.shape)
         norm = physics.rss(maps, dim=-3).unsqueeze(-3)
         return maps / norm.clamp_min(torch.finfo(norm.dtype).tiny)
-
-
-def _element_acs(line: torch.Tensor, index: int) -> torch.Tensor:
-    """``physics.acs_mask`` of one ``(W,)`` mask, errors naming the batch element."""
-    try:
-        return physics.acs_mask(line)
-    except ValueError as err:
-        raise ValueError(f"batch_acs_mask: batch element {index}: {err}") from None
-
-
-def batch_acs_mask(mask: torch.Tensor, num_low_frequencies=None) -> torch.Tensor:
-    """ACS column mask ``(B, W)`` bool for a sampling mask ``(B, W)`` (``(W,)`` counts as B = 1).
-
-    ``num_low_frequencies`` (int or ``(B,)`` tensor, > 0): the ACS is that many centred columns,
-    ``[(W - n + 1) // 2, (W - n + 1) // 2 + n)`` (fastMRI's convention). ``None``: derived from
-    each element's mask with :func:`utils.physics.acs_mask` (the contiguous block around ``W // 2``).
-    """
-    if mask.dim() == 1:
-        mask = mask.unsqueeze(0)
-    if mask.dim() != 2:
-        raise ValueError(f"batch_acs_mask: mask must be (B, W) or (W,), got shape {tuple(mask.shape)}")
-    batch, width = mask.shape
-    if num_low_frequencies is None:
-        return torch.stack([_element_acs(mask[b], b) for b in range(batch)])
-    n = torch.as_tensor(num_low_frequencies, device=mask.device).long().reshape(-1)
-    if n.numel() not in (1, batch):
-        raise ValueError(f"batch_acs_mask: num_low_frequencies has {n.numel()} entries for a batch of {batch}")
-    n = n.expand(batch)
-    if bool((n < 1).any()) or bool((n > width).any()):
-        raise ValueError(f"batch_acs_mask: num_low_frequencies must be in [1, {width}], got {n.tolist()}")
-    start = ((width - n + 1) // 2)[:, None]
-    cols = torch.arange(width, device=mask.device)[None, :]
-    return (cols >= start) & (cols < start + n[:, None])

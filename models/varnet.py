@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from models.config import ModelConfig
-from models.unet import NormUnet, SensitivityNet, batch_acs_mask
+from models.unet import NormUnet, SensitivityNet
 from utils import physics
 
 __all__ = ["VarNetConfig", "VarNetCascade", "VarNet", "OUTPUT_SIZE"]
@@ -84,7 +84,8 @@ class VarNet(nn.Module):
     ``masked_kspace``: complex ``(B, S, C, H, W)`` with S >= ``num_adj_slices`` adjacent slices (the
     centre ``num_adj_slices`` around ``S // 2`` are used); ``mask``: ``(B, W)`` (or ``(W,)``) float/bool
     sampled columns; ``num_low_frequencies``: ACS width (int or ``(B,)``), derived from the mask when
-    ``None``. Output: RSS over coils of the centre slice's coil images, centre-cropped (or, for inputs
+    ``None`` or ``<= 0`` with fastMRI's rule (:func:`utils.physics.acs_columns` ``"fastmri"``: the
+    symmetric window of ``2 min(left, right)`` columns around ``W // 2``). Output: RSS over coils of the centre slice's coil images, centre-cropped (or, for inputs
     smaller than 384, zero-padded) to 384 x 384.
     """
 
@@ -125,7 +126,7 @@ class VarNet(nn.Module):
         if mask.dim() != 2 or mask.shape[-1] != width or mask.shape[0] not in (1, batch):
             raise ValueError(f"VarNet: mask must be (B, W) = ({batch}, {width}), got {tuple(mask.shape)}")
         mask = (mask != 0).expand(batch, width)
-        acs = batch_acs_mask(mask, num_low_frequencies)
+        acs = physics.acs_columns(mask, num_low_frequencies, "fastmri")  # fastMRI's symmetric window
         return mask[:, None, None, None, :], acs[:, None, None, None, :]
 
     def forward(self, masked_kspace: torch.Tensor, mask: torch.Tensor, num_low_frequencies=None) -> torch.Tensor:

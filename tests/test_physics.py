@@ -109,16 +109,67 @@ def test_soft_dc_module_learns():
     assert dc.weight.grad is not None and dc.weight.grad.item() != 0
 
 
-def test_acs_bounds_and_mask():
+def test_acs_bounds():
     mask = torch.zeros(20)
     mask[[0, 4, 8, 12, 16]] = 1
     mask[8:13] = 1
     assert P.acs_bounds(mask) == (8, 13)
-    acs = P.acs_mask(mask)
-    assert acs.sum() == 5 and acs[8:13].all()
     assert P.acs_bounds(torch.ones(7)) == (0, 7)
     with pytest.raises(ValueError):
         P.acs_bounds(torch.tensor([1.0, 0, 0, 0, 1]))
+
+
+def _cols(mask, n=None, convention="fastmri"):
+    return [row.nonzero().flatten().tolist() for row in P.acs_columns(mask, n, convention)]
+
+
+def test_acs_conventions_on_hand_computed_masks():
+    """fastMRI/PromptMR+ (symmetric window of 2 min(left, right) columns, start (W - n + 1) // 2) and the
+    contiguous block, on masks worked out by hand (c = W // 2; left counts c-1, c-2, ..., right c, c+1, ...)."""
+    # W = 20, c = 10: ACS [8, 12) with the comb line 12 adjoining it (the SNU challenge case) and comb 0, 4, 16
+    snu = torch.zeros(20)
+    snu[[0, 4, 8, 9, 10, 11, 12, 16]] = 1  # left 2 (8, 9), right 3 (10, 11, 12)
+    assert _cols(snu) == [[8, 9, 10, 11]]  # n = 4, start (20 - 4 + 1) // 2 = 8
+    assert _cols(snu, convention="contiguous") == [[8, 9, 10, 11, 12]]
+    # W = 15 (odd), c = 7: block [5, 10): left 2, right 3 -> n = 4, start (15 - 4 + 1) // 2 = 6
+    odd = torch.zeros(15)
+    odd[[1, 5, 6, 7, 8, 9, 13]] = 1
+    assert _cols(odd) == [[6, 7, 8, 9]]
+    assert _cols(odd, convention="contiguous") == [[5, 6, 7, 8, 9]]
+    # W = 16, c = 8: block [7, 9): left 1, right 1 -> n = 2 -> [7, 9) in both
+    narrow = torch.zeros(16)
+    narrow[[2, 7, 8, 13]] = 1
+    assert _cols(narrow) == _cols(narrow, convention="contiguous") == [[7, 8]]
+    # only the centre column: left 0 -> fastMRI's floor of one column; the block is that column too
+    single = torch.zeros(10)
+    single[[1, 5, 8]] = 1
+    assert _cols(single) == _cols(single, convention="contiguous") == [[5]]
+    # batches: per element, given widths (> 0) win, 0 derives; both conventions share the given window
+    batch = torch.stack([snu, snu])
+    assert _cols(batch, torch.tensor([6, 0])) == [[7, 8, 9, 10, 11, 12], [8, 9, 10, 11]]
+    assert _cols(batch, 3, "contiguous") == [[9, 10, 11]] * 2
+    with pytest.raises(ValueError, match="batch element 1: mask has no sampled centre line"):
+        P.acs_columns(torch.stack([snu, torch.ones(20) - snu * 0 - (torch.arange(20) == 10).float()]))
+    with pytest.raises(ValueError, match="exceeds the width"):
+        P.acs_columns(batch, 21)
+    with pytest.raises(ValueError, match="convention"):
+        P.acs_columns(batch, convention="grappa")
+    assert torch.equal(P.acs_column_mask(batch), P.acs_columns(batch, convention="fastmri"))  # PromptMR+'s
+
+
+def test_acs_conventions_differ_on_most_challenge_masks():
+    """Where a comb line touches the ACS block the block is lopsided and fastMRI's window is narrower:
+    the window always lies inside the block, and the two differ on most challenge masks."""
+    from data.masks import CHALLENGE_KINDS, make_mask
+
+    masks = [torch.from_numpy(make_mask(kind, 356 + 2 * i, acc, np.random.default_rng(i)))
+             for kind in CHALLENGE_KINDS for acc in (4, 8) for i in range(20)]
+    differ = 0
+    for mask in masks:
+        fast, block = P.acs_columns(mask), P.acs_columns(mask, convention="contiguous")
+        assert bool((fast <= block).all())
+        differ += int(not torch.equal(fast, block))
+    assert len(masks) // 2 < differ < len(masks)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.complex64])

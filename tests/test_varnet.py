@@ -1,12 +1,13 @@
 """E2E-VarNet, its U-Nets and sensitivity network: shapes, gradients, parameter count, physics."""
 from __future__ import annotations
 
+import math
 
 import numpy as np
 import pytest
 import torch
 
-from models.unet import NormUnet, SensitivityNet, Unet, batch_acs_mask
+from models.unet import NormUnet, SensitivityNet, Unet
 from models.varnet import VarNet, VarNetCascade, VarNetConfig
 from utils import physics
 
@@ -228,19 +229,19 @@ def test_num_low_frequencies_matches_derived_acs():
         assert not torch.allclose(model(k, mask, num_low_frequencies=2), derived)
 
 
-def test_batch_acs_mask_per_element():
-    mask = torch.zeros(2, 10)
-    mask[0, 4:7] = 1
-    mask[1, 3:8] = 1
-    mask[1, 0] = 1
-    acs = batch_acs_mask(mask)
-    assert acs[0].nonzero().flatten().tolist() == [4, 5, 6]
-    assert acs[1].nonzero().flatten().tolist() == [3, 4, 5, 6, 7]
-    fixed = batch_acs_mask(mask, torch.tensor([2, 4]))
-    assert fixed[0].nonzero().flatten().tolist() == [4, 5]
-    assert fixed[1].nonzero().flatten().tolist() == [3, 4, 5, 6]
-    with pytest.raises(ValueError):
-        batch_acs_mask(mask, 0)
+def test_varnet_derives_the_acs_as_fastmri_does():
+    """A lopsided ACS block [6, 11) around c = 8 (2 columns left of c, 3 from c): fastMRI's rule takes the
+    symmetric 2 * min(2, 3) = 4 columns [6, 10), not the 5-column block."""
+    mask = torch.zeros(1, 16)
+    mask[:, 6:11] = 1
+    mask[:, [0, 3, 14]] = 1
+    k = _kspace(1, 1, 2, 12, 16, mask)
+    model = _model()
+    with torch.no_grad():
+        derived = model(k, mask)
+        torch.testing.assert_close(model(k, mask, num_low_frequencies=4), derived)
+        torch.testing.assert_close(model(k, mask, num_low_frequencies=0), derived)  # 0: derive (fastMRI)
+        assert not torch.allclose(model(k, mask, num_low_frequencies=5), derived)  # the whole block differs
 
 
 # ------------------------------------------------------------------------------------ U-Net parts
@@ -250,6 +251,21 @@ def test_batch_acs_mask_per_element():
 def test_unet_keeps_odd_sizes(h, w):
     net = Unet(3, 2, chans=2, num_pools=3)
     assert net(torch.randn(2, 3, h, w)).shape == (2, 2, h, w)
+
+
+def test_norm_unet_pads_as_fastmri():
+    """fastMRI's NormUnet.pad: to ((n - 1) | 15) + 1, floor before and ceil after, whatever the depth;
+    only below 2 ** (num_pools + 1) (where its bottleneck would be one pixel) is more padding added."""
+    from models.unet import _pad_amounts
+
+    def fastmri(n):
+        extra = (((n - 1) | 15) + 1) - n
+        return math.floor(extra / 2), math.ceil(extra / 2)
+
+    for n in (33, 100, 368, 384, 385, 396, 416, 640):
+        assert _pad_amounts(n, 4) == fastmri(n) and _pad_amounts(n, 2) == fastmri(n)
+    assert _pad_amounts(385, 4) == (7, 8) and _pad_amounts(396, 4) == (2, 2)
+    assert _pad_amounts(10, 4) == (11, 11) and _pad_amounts(10, 3) == (3, 3)
 
 
 @pytest.mark.parametrize("h, w", [(1, 1), (3, 2), (7, 13), (16, 9)])
@@ -276,7 +292,7 @@ def test_sensitivity_maps_have_unit_rss_and_only_see_acs():
     sens_net = SensitivityNet(chans=2, num_pools=2)
     mask = _mask(1, 15)
     k = _kspace(1, 1, 4, 12, 15, mask)
-    acs = batch_acs_mask(mask)[:, None, None, None, :]
+    acs = physics.acs_columns(mask, convention="contiguous")[:, None, None, None, :]
     maps = sens_net(k, acs)
     assert maps.shape == k.shape
     torch.testing.assert_close(physics.rss(maps, dim=-3), torch.ones(1, 1, 12, 15))

@@ -31,7 +31,8 @@ __all__ = [
     "noise_weighted_data_consistency",
     "SoftDataConsistency",
     "acs_bounds",
-    "acs_mask",
+    "acs_columns",
+    "ACS_CONVENTIONS",
     "center_crop",
     "center_pad",
     "center_crop_or_pad",
@@ -179,14 +180,6 @@ def acs_bounds(mask: torch.Tensor) -> Tuple[int, int]:
     return left, right
 
 
-def acs_mask(mask: torch.Tensor) -> torch.Tensor:
-    """Boolean ``(W,)`` mask holding only the ACS (contiguous centre) lines of ``mask``."""
-    left, right = acs_bounds(mask)
-    out = torch.zeros(mask.shape[-1], dtype=torch.bool, device=mask.device)
-    out[left:right] = True
-    return out
-
-
 def _crop_slices(size: int, target: int, matlab: bool = False) -> slice:
     start = size // 2 - target // 2 if matlab else (size - target) // 2
     return slice(start, start + target)
@@ -232,27 +225,76 @@ def center_crop_or_pad(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
 # ------------------------------------------------------------------ reconstruction-model masks
 
 
-def acs_column_mask(mask: torch.Tensor, num_low_frequencies: Union[None, int, torch.Tensor] = None) -> torch.Tensor:
-    """Boolean ``(B, W)`` mask of the ACS columns used for the coil maps.
+#: The two ACS conventions of the reconstruction models' coil-sensitivity nets (:func:`acs_columns`).
+ACS_CONVENTIONS = ("fastmri", "contiguous")
 
-    ``mask``: ``(B, W)`` sampling mask. ``num_low_frequencies``: ``None``, an int or ``(B,)``; entries
-    ``<= 0`` (or ``None``) are derived from the mask as the reference does: twice the shorter side of the
-    contiguous sampled block around column ``W // 2`` (found with :func:`utils.physics.acs_bounds`). The
-    window is ``[(W - n + 1) // 2, (W - n + 1) // 2 + n)``.
+
+def acs_columns(mask: torch.Tensor, num_low_frequencies: Union[None, int, torch.Tensor] = None,
+                convention: str = "fastmri") -> torch.Tensor:
+    """Boolean ``(B, W)`` mask of the ACS columns a coil-sensitivity net sees, by ``convention``.
+
+    ``mask``: ``(B, W)`` (or ``(W,)``) sampling mask. Around the centre column ``c = W // 2`` let ``left``
+    be the number of consecutive sampled columns ``c - 1, c - 2, ...`` and ``right`` that of ``c, c + 1,
+    ...`` (the contiguous block is ``[c - left, c + right)``, :func:`acs_bounds`):
+
+    * ``"fastmri"`` -- fastMRI's E2E-VarNet (``SensitivityModel.get_pad_and_num_low_freqs``), which the
+      PromptMR+ reference (``KspaceACSExtractor``, line masks) follows too: ``n = max(2 min(left, right), 1)``
+      columns, the window ``[(W - n + 1) // 2, (W - n + 1) // 2 + n)``. It differs from the block where the
+      block is lopsided, e.g. when a comb line adjoins the ACS (most SNU challenge masks).
+    * ``"contiguous"`` -- the whole contiguous block ``[c - left, c + right)`` (the SNU masks' ACS as
+      GRAPPA calibrates on it; HiFi-Mamba's coil maps).
+
+    ``num_low_frequencies``: ``None``, an int or ``(B,)``; an entry ``n > 0`` gives the window
+    ``[(W - n + 1) // 2, ... + n)`` in both conventions, entries ``<= 0`` are derived from the mask.
+    Vectorised over the batch; raises ``ValueError`` naming the batch element whose centre column is not
+    sampled (when deriving) or whose ``n`` exceeds ``W``. (Where fastMRI's ``argmin`` would count 0 for a
+    side sampled up to the edge, the run length is counted.)
     """
+    if convention not in ACS_CONVENTIONS:
+        raise ValueError(f"acs_columns: convention must be one of {ACS_CONVENTIONS}, got {convention!r}")
+    if mask.dim() == 1:
+        mask = mask.unsqueeze(0)
+    if mask.dim() != 2:
+        raise ValueError(f"acs_columns: mask must be (B, W) or (W,), got shape {tuple(mask.shape)}")
     batch, width = mask.shape
+    device = mask.device
     if num_low_frequencies is None:
-        n = torch.zeros(batch, dtype=torch.long)
+        n = torch.zeros(batch, dtype=torch.long, device=device)
     else:
-        n = torch.as_tensor(num_low_frequencies, dtype=torch.long).flatten().cpu().expand(batch).clone()
-    centre = width // 2
-    for b in (n <= 0).nonzero().flatten().tolist():  # only elements needing derivation; loop over batch
-        left, right = acs_bounds(mask[b])
-        n[b] = max(2 * min(centre - left, right - centre), 1)
-    n = n.to(mask.device).view(-1, 1)
+        n = torch.as_tensor(num_low_frequencies, dtype=torch.long, device=device).flatten()
+        if n.numel() not in (1, batch):
+            raise ValueError(f"acs_columns: num_low_frequencies has {n.numel()} entries for a batch of {batch}")
+        n = n.expand(batch)
+    too_wide = (n > width).nonzero().flatten()
+    if too_wide.numel():
+        b = int(too_wide[0])
+        raise ValueError(f"acs_columns: batch element {b}: num_low_frequencies {int(n[b])} exceeds the width {width}")
+    cols = torch.arange(width, device=device).view(1, -1)
+    given = n > 0
     start = (width - n + 1) // 2
-    cols = torch.arange(width, device=mask.device).view(1, -1)
-    return (cols >= start) & (cols < start + n)
+    window = (cols >= start[:, None]) & (cols < (start + n)[:, None])
+    if bool(given.all()):
+        return window
+    line = mask != 0
+    centre = width // 2
+    missing = (~line[:, centre] & ~given).nonzero().flatten()
+    if missing.numel():
+        raise ValueError(f"acs_columns: batch element {int(missing[0])}: mask has no sampled centre line, "
+                         f"so it has no ACS region")
+    right = line[:, centre:].to(torch.int8).cumprod(dim=1).sum(dim=1)  # run c, c+1, ...
+    left = line[:, :centre].flip(1).to(torch.int8).cumprod(dim=1).sum(dim=1)  # run c-1, c-2, ...
+    if convention == "fastmri":
+        derived_n = torch.clamp(2 * torch.minimum(left, right), min=1)
+        derived_start = (width - derived_n + 1) // 2
+        derived = (cols >= derived_start[:, None]) & (cols < (derived_start + derived_n)[:, None])
+    else:
+        derived = (cols >= (centre - left)[:, None]) & (cols < (centre + right)[:, None])
+    return torch.where(given[:, None], window, derived)
+
+
+def acs_column_mask(mask: torch.Tensor, num_low_frequencies: Union[None, int, torch.Tensor] = None) -> torch.Tensor:
+    """PromptMR+'s ACS columns (its reference follows fastMRI): ``acs_columns(mask, n, "fastmri")``."""
+    return acs_columns(mask, num_low_frequencies, "fastmri")
 
 
 def model_mask(mask: torch.Tensor, shape: Tuple[int, int, int, int, int]) -> torch.Tensor:
