@@ -139,6 +139,19 @@ def test_mask_matches_reference_cv2_sequence_for_both_anatomies():
         np.testing.assert_array_equal(leaderboard_foreground_mask(t[1], anatomy), ours[1])  # 2-D input
 
 
+def test_foreground_thresholds_are_pinned_by_levels_between_1e5_and_1e4():
+    """One 24 x 24 blob per slice at a level in [1e-5, 1e-4] (flat zero background): brain keeps exactly the
+    blobs above 5e-5 and knee those above 2e-5, so each threshold is pinned to within 1 % (a brain threshold
+    anywhere else in [1e-5, 1e-4), or a knee threshold off by more than 1 %, flips a blob)."""
+    levels = np.array([1.0e-5, 1.5e-5, 1.98e-5, 2.02e-5, 3.0e-5, 4.95e-5, 5.05e-5, 7.0e-5, 9.9e-5])
+    t = np.zeros((len(levels), 64, 64), np.float32)
+    t[:, 20:44, 20:44] = levels[:, None, None]
+    for anatomy, threshold in (("brain", 5e-5), ("knee", 2e-5)):
+        kept = leaderboard_foreground_mask(t, anatomy)[:, 32, 32]
+        assert kept.tolist() == (levels > threshold).tolist(), anatomy
+        assert metrics.FOREGROUND_THRESHOLDS[anatomy] == threshold
+
+
 def test_mask_thresholds_differ_by_anatomy():
     t = np.zeros((1, 40, 40), np.float32)
     t[0, 10:30, 10:30] = 3e-5  # foreground for knee (> 2e-5), background for brain (<= 5e-5)
