@@ -239,7 +239,7 @@ def route_volume(classifier, grappa, mask, device, path="volume") -> Routing:
 
     labels, confidence = classifier.predict(torch.from_numpy(grappa)[None].to(device))
     try:
-        est = estimate_acceleration(mask, supported=SUPPORTED_ACCELERATIONS, reading="spacing")
+        est = estimate_acceleration(mask, supported=SUPPORTED_ACCELERATIONS)
     except ValueError as exc:
         raise FormatError(path, MASK_KEY, str(exc)) from None
     if not math.isfinite(est.spacing):  # only the ACS is sampled (the readers reject such masks too)

@@ -39,7 +39,7 @@ def _default_root(env: str, leaf: str) -> str:
 def build_parser(model_name: Optional[str]) -> argparse.ArgumentParser:
     from data.augment import AugmentConfig
     from data.cine_masks import CINE_FAMILIES
-    from data.masks import CHALLENGE_KINDS
+    from data.masks import CHALLENGE_KINDS, FASTMRI_KINDS
     from utils.objectives import RECONSTRUCTION_LOSSES
 
     from utils.engine import RUN_FLAGS, EngineConfig
@@ -59,8 +59,10 @@ def build_parser(model_name: Optional[str]) -> argparse.ArgumentParser:
     data.add_argument("--task", choices=("brain", "knee", "cine"), help="anatomy (reconstruction models), or cine (CMRxRecon)")
     data.add_argument("--acceleration", type=int, nargs="+", default=None,
                       help="SNU: one R (default 4); cine: one or more R drawn per sample (default 4 8 10)")
-    data.add_argument("--mask_type", choices=CHALLENGE_KINDS + CINE_FAMILIES, default=None,
-                      help=f"SNU: {'|'.join(CHALLENGE_KINDS)} (default fixed); cine: {'|'.join(CINE_FAMILIES)} (default uniform)")
+    data.add_argument("--mask_type", choices=CHALLENGE_KINDS + FASTMRI_KINDS + CINE_FAMILIES, default=None,
+                      help=f"SNU: {'|'.join(CHALLENGE_KINDS)} (default fixed); fastMRI data (convert-fastmri): "
+                           f"{'|'.join(FASTMRI_KINDS)} (acceleration = W / sampled columns); "
+                           f"cine: {'|'.join(CINE_FAMILIES)} (default uniform)")
     data.add_argument("--cine_views", nargs="+", default=None, help="cine: views to train on (default all, e.g. sax lax)")
     data.add_argument("--data_path_train", default=str(Path(_default_root("DATA_ROOT", "Data")) / "train"))
     data.add_argument("--data_path_val", default=None, help="leaderboard-style folder (kspace/ image/) for a per-epoch SSIM")

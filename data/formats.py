@@ -27,9 +27,9 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 import h5py
 import numpy as np
 
+from utils.contract import IMAGE_SIZE
 from utils.io import atomic_path
 
-IMAGE_SIZE = 384
 KSPACE_KEY = "kspace"
 MASK_KEY = "mask"
 IMAGE_KEYS = ("image_input", "image_grappa", "image_label")
@@ -271,7 +271,7 @@ def _check_mask(mask: np.ndarray, width: Optional[int], path) -> None:
     from data.masks import estimate_acceleration  # torch-backed; loaded on first use
 
     try:
-        est = estimate_acceleration(mask, reading="spacing")
+        est = estimate_acceleration(mask)
     except ValueError:
         raise FormatError(path, MASK_KEY, f"centre line (column {mask.shape[0] // 2}) not sampled, so no ACS "
                                           "region (GRAPPA, the models' coil sensitivities and routing need one)") from None

@@ -12,10 +12,8 @@ Two families, one entry point (:func:`make_mask`):
   - ``random_spaced``: one column drawn uniformly in each bin ``[k*acc, (k+1)*acc)`` tiling
     ``[0, W)`` (the last bin may be shorter), plus the ACS.
 
-* fastMRI masks (``acceleration`` = ``W / n_sampled`` in expectation, ACS included), with
-  fastMRI's ``center_fractions`` / ``accelerations`` semantics: a ``(center_fraction,
-  acceleration)`` pair is drawn uniformly by index from the two equal-length lists (or each one
-  independently when ``allow_any_combination``):
+* fastMRI masks (``acceleration`` = ``W / n_sampled`` in expectation, ACS included), for training on
+  public fastMRI data (``train.py --mask_type random|equispaced|equispaced_fraction``):
 
   - ``random``: each non-ACS column kept with ``p = (W/acc - n_acs) / (W - n_acs)``;
   - ``equispaced``: the comb ``offset::acc`` (``offset`` in ``[0, round(acc))``), plus the ACS;
@@ -57,9 +55,6 @@ MASK_KINDS: Tuple[str, ...] = CHALLENGE_KINDS + FASTMRI_KINDS
 DEFAULT_CENTER_FRACTION = 0.08
 # Integer-only accelerations: kinds that place columns on an integer comb or integer bins.
 _INTEGER_ACC_KINDS = ("fixed", "random_offset", "random_spaced", "equispaced")
-# Coefficient of variation of the gaps between outside lines above which a mask is read as
-# Bernoulli-random (geometric gaps: CV ~ sqrt(1 - p) ~ 0.9; random_spaced: CV ~ 0.41).
-_RANDOM_GAP_CV = 0.65
 
 
 # ----------------------------------------------------------------------------------------------
@@ -200,37 +195,6 @@ def random_spaced_mask(
 # ----------------------------------------------------------------------------------------------
 # fastMRI masks (acc = W / n_sampled, ACS included)
 # ----------------------------------------------------------------------------------------------
-def choose_pair(
-    center_fractions: Sequence[float],
-    accelerations: Sequence[float],
-    rng: Optional[np.random.Generator],
-    allow_any_combination: bool = False,
-) -> Tuple[float, float]:
-    """fastMRI's pair choice: index drawn uniformly (or each list independently if allowed).
-
-    A single pair needs no ``rng``. Returns ``(center_fraction, acceleration)``.
-    """
-    center_fractions, accelerations = list(center_fractions), list(accelerations)
-    if not center_fractions or not accelerations:
-        raise ValueError("center_fractions and accelerations must be non-empty")
-    if len(center_fractions) != len(accelerations) and not allow_any_combination:
-        raise ValueError(
-            f"center_fractions ({len(center_fractions)}) and accelerations ({len(accelerations)}) "
-            "must have the same length unless allow_any_combination=True"
-        )
-    if allow_any_combination:
-        return center_fractions[_draw_index(len(center_fractions), rng)], accelerations[
-            _draw_index(len(accelerations), rng)
-        ]
-    i = _draw_index(len(accelerations), rng)
-    return center_fractions[i], accelerations[i]
-
-
-def _draw_index(n: int, rng: Optional[np.random.Generator]) -> int:
-    """Uniform index in ``[0, n)``; a single option needs no generator."""
-    return 0 if n == 1 else int(_need_rng(rng, "pair choice").integers(n))
-
-
 def _outside_budget(width: int, n_acs: int, acc: float, kind: str) -> None:
     """fastMRI kinds need ``n_acs * acc < W`` (otherwise the ACS alone exceeds ``W / acc``)."""
     if n_acs * acc >= width:
@@ -297,39 +261,22 @@ def fastmri_equispaced_fraction_mask(
 def make_mask(
     kind: str,
     width: int,
-    acc: Optional[float] = None,
+    acc: float,
     rng: Optional[np.random.Generator] = None,
     *,
     center_fraction: float = DEFAULT_CENTER_FRACTION,
-    center_fractions: Optional[Sequence[float]] = None,
-    accelerations: Optional[Sequence[float]] = None,
-    allow_any_combination: bool = False,
     offset: Optional[int] = None,
 ) -> np.ndarray:
-    """Build one mask of ``kind`` (see :data:`MASK_KINDS`) for k-space width ``width``.
-
-    Give either ``acc`` (with ``center_fraction``, default 0.08) or fastMRI-style lists
-    ``accelerations`` (with ``center_fractions``, default ``[center_fraction] * len``), from which
-    one pair is drawn with ``rng`` (:func:`choose_pair`). ``rng`` (a numpy Generator) is required
+    """Build one mask of ``kind`` (see :data:`MASK_KINDS`) for k-space width ``width`` at acceleration
+    ``acc`` with ACS fraction ``center_fraction`` (default 0.08). ``rng`` (a numpy Generator) is required
     by every random kind. ``offset`` pins the comb offset of ``random_offset`` / ``equispaced`` /
     ``equispaced_fraction``. Returns float32 ``(width,)`` of 0/1.
     """
     kind = _check_kind(kind)
     width = _check_width(width)
-    if accelerations is None:
-        if acc is None:
-            raise ValueError(f"mask kind {kind!r}: give acc or accelerations")
-        if center_fractions is not None:
-            raise ValueError("center_fractions needs accelerations (use center_fraction with acc)")
-        cf, acc = _check_fraction(center_fraction), acc
-    else:
-        if acc is not None:
-            raise ValueError("give either acc or accelerations, not both")
-        fractions = center_fractions
-        if fractions is None:
-            fractions = [center_fraction] * len(accelerations)
-        cf, acc = choose_pair(fractions, accelerations, rng, allow_any_combination)
-        cf = _check_fraction(cf)
+    if acc is None:
+        raise ValueError(f"mask kind {kind!r}: give acc")
+    cf = _check_fraction(center_fraction)
     if offset is not None and kind not in ("random_offset", "equispaced", "equispaced_fraction"):
         raise ValueError(
             f"offset applies only to random_offset/equispaced/equispaced_fraction, not {kind!r}"
@@ -402,10 +349,8 @@ class AccelerationEstimate:
     any sampled column adjacent to the nominal ACS). ``spacing``: mean gap between consecutive
     sampled columns outside that block (challenge meaning of acc); ``inf`` when only that block is
     sampled (no acceleration can be read: :func:`data.formats.read_kspace_file` rejects such masks, and
-    ``inf`` is not JSON, so report it as null). ``ratio``: ``W / n_sampled``
-    (fastMRI meaning). ``gap_cv``: std/mean of those gaps (nan if fewer than two gaps).
-    ``reading``: ``"spacing"`` or ``"total"``, the quantity matched to ``supported``.
-    ``acc``: the supported acceleration nearest (in log scale) to that quantity.
+    ``inf`` is not JSON, so report it as null). ``ratio``: ``W / n_sampled`` (fastMRI meaning, for
+    information). ``acc``: the supported acceleration nearest (in log scale) to ``spacing``.
     """
 
     width: int
@@ -416,8 +361,6 @@ class AccelerationEstimate:
     n_outside: int
     spacing: float
     ratio: float
-    gap_cv: float
-    reading: str
     acc: float
 
 
@@ -440,19 +383,6 @@ def _outside_gaps(columns: np.ndarray, left: int, right: int) -> np.ndarray:
     return np.concatenate([np.diff(columns[columns < left]), np.diff(columns[columns >= right])])
 
 
-def _looks_like_total(gaps: np.ndarray, cv: float) -> bool:
-    """True for fastMRI-style masks: Bernoulli gaps (high CV) or a non-integer equispaced step.
-
-    ``equispaced_fraction`` rounds a non-integer step, so its gaps take exactly two consecutive
-    values; the challenge combs have one gap value and ``random_spaced`` spreads over many.
-    """
-    if gaps.size < 2:
-        return False
-    values = np.unique(gaps)
-    two_adjacent = values.size == 2 and values[1] - values[0] == 1
-    return bool(cv > _RANDOM_GAP_CV or two_adjacent)
-
-
 def nearest_supported(value: float, supported: Sequence[float]) -> float:
     """Supported value nearest to ``value`` in log scale (ties go to the larger one)."""
     options = sorted(supported)
@@ -463,19 +393,11 @@ def nearest_supported(value: float, supported: Sequence[float]) -> float:
     return max(s for s, d in zip(options, distance) if d <= best + 1e-12)
 
 
-def estimate_acceleration(
-    mask, supported: Sequence[float] = (4, 8), reading: str = "auto"
-) -> AccelerationEstimate:
-    """Estimate ACS, spacing and the nearest supported acceleration of a ``(W,)`` mask.
-
-    ``reading``: ``"spacing"`` (challenge meaning: acc = spacing outside the ACS; use this to
-    route challenge masks, e.g. an unseen 9x to 8), ``"total"`` (fastMRI meaning: acc =
-    ``W / n_sampled``), or ``"auto"``: ``"total"`` when the gaps look fastMRI-generated (Bernoulli
-    ``random`` or a rounded non-integer step as in ``equispaced_fraction``), else ``"spacing"``.
-    Raises ``ValueError`` for a mask without a sampled centre column ``W // 2``.
+def estimate_acceleration(mask, supported: Sequence[float] = (4, 8)) -> AccelerationEstimate:
+    """Estimate ACS, spacing and the nearest supported acceleration of a ``(W,)`` mask in the challenge
+    meaning (acc = mean spacing outside the ACS; e.g. an unseen 9x routes to 8). Raises ``ValueError`` for
+    a mask without a sampled centre column ``W // 2``.
     """
-    if reading not in ("auto", "spacing", "total"):
-        raise ValueError(f"reading must be 'auto', 'spacing' or 'total', got {reading!r}")
     supported = tuple(supported)
     if not supported or any(
         isinstance(s, bool) or not isinstance(s, numbers.Real) or not s >= 1 for s in supported
@@ -496,11 +418,6 @@ def estimate_acceleration(
         spacing = (width - (right - left)) / n_outside
     else:
         spacing = 1.0 if right - left == width else math.inf
-    cv = float(gaps.std() / gaps.mean()) if gaps.size >= 2 else math.nan
-    ratio = width / columns.size
-    if reading == "auto":
-        reading = "total" if _looks_like_total(gaps, cv) else "spacing"
-    value = spacing if reading == "spacing" else ratio
     return AccelerationEstimate(
         width=width,
         n_sampled=int(columns.size),
@@ -509,8 +426,6 @@ def estimate_acceleration(
         acs_width=right - left,
         n_outside=n_outside,
         spacing=spacing,
-        ratio=ratio,
-        gap_cv=cv,
-        reading=reading,
-        acc=nearest_supported(value, supported),
+        ratio=width / columns.size,
+        acc=nearest_supported(spacing, supported),
     )

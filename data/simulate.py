@@ -65,10 +65,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.formats import IMAGE_SIZE
 from data.volumes import rss_image, slice_chunks, volume_images, write_challenge_pair  # noqa: F401 (re-exported)
 from data.masks import make_mask
 from data.phantoms import CoilArray, brain_magnitude, knee_magnitude, make_grid, smooth_phase
+from utils.contract import IMAGE_SIZE
 from utils.physics import center_crop_or_pad, fft2c, rss
 
 __all__ = [

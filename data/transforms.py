@@ -11,11 +11,11 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from utils.contract import IMAGE_SIZE
 from utils.metrics import leaderboard_foreground_mask
 from utils.seed import derived_rng
 from utils.physics import center_crop_or_pad, fft2c, ifft2c, rss
 
-TARGET_SIZE = 384
 # Image-space height (rows) kept before masking: the brain's 2x readout oversampling is cut to the
 # 384-row FOV; knee keeps a small margin above the 384-row target.
 HEIGHT_CUT = {"brain": 384, "knee": 416}
@@ -41,7 +41,7 @@ def undersampled_model_input(kspace: torch.Tensor, mask: torch.Tensor, anatomy: 
     return k * mask.to(device=k.device, dtype=k.dtype)
 
 
-def rss_target(images: torch.Tensor, size: int = TARGET_SIZE) -> torch.Tensor:
+def rss_target(images: torch.Tensor, size: int = IMAGE_SIZE) -> torch.Tensor:
     """RSS over coils of coil images ``(C, H, W)``, centre-cropped/padded to ``(size, size)``."""
     return center_crop_or_pad(rss(images, dim=-3), (size, size))
 

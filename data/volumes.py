@@ -13,8 +13,9 @@ from typing import Dict, Iterator, Optional, Tuple
 import numpy as np
 import torch
 
-from data.formats import IMAGE_SIZE, write_image_file, write_kspace_file
+from data.formats import write_image_file, write_kspace_file
 from data.grappa import grappa_image
+from utils.contract import IMAGE_SIZE
 from utils.physics import center_crop_or_pad, ifft2c, rss
 
 _CHUNK_ELEMENTS = 2**25  # complex values per chunk of (slices, C, H, W): bounds temporary memory

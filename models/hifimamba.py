@@ -43,10 +43,10 @@ from models.hifimamba_blocks import DualStreamBlock
 from models.selective_scan import BACKENDS
 from models.unet import SensitivityNet
 from utils import physics
+from utils.contract import IMAGE_SIZE
 
-__all__ = ["HiFiMambaConfig", "HiFiMamba", "HiFiMambaGroup", "PatchEmbed", "Unpatchify", "OUTPUT_SIZE"]
+__all__ = ["HiFiMambaConfig", "HiFiMamba", "HiFiMambaGroup", "PatchEmbed", "Unpatchify"]
 
-OUTPUT_SIZE: Tuple[int, int] = (384, 384)
 Tensor = torch.Tensor
 
 
@@ -299,4 +299,4 @@ class HiFiMamba(nn.Module):
     def forward(self, masked_kspace: Tensor, mask: Tensor, num_low_frequencies=None) -> Tensor:
         kspace = self.final_kspace(masked_kspace, mask, num_low_frequencies)
         image = physics.rss(physics.ifft2c(kspace), dim=-3)
-        return physics.center_crop_or_pad(image, OUTPUT_SIZE).float()
+        return physics.center_crop_or_pad(image, (IMAGE_SIZE, IMAGE_SIZE)).float()

@@ -32,12 +32,11 @@ from torch.utils.checkpoint import checkpoint
 from models.config import ModelConfig
 from models.promptmr_blocks import CA_REDUCTION, History, NormPromptUNet
 from utils import physics
+from utils.contract import IMAGE_SIZE
 from utils.physics import acs_column_mask, model_mask  # noqa: F401 - shared with the other cine models; re-exported
 
-__all__ = ["PromptMRConfig", "PromptMR", "PromptMRCascade", "PromptSensitivityNet", "acs_column_mask", "model_mask",
-           "OUTPUT_SIZE"]
+__all__ = ["PromptMRConfig", "PromptMR", "PromptMRCascade", "PromptSensitivityNet", "acs_column_mask", "model_mask"]
 
-OUTPUT_SIZE: Tuple[int, int] = (384, 384)
 _TRIPLES = ("feature_dim", "prompt_dim", "sens_feature_dim", "sens_prompt_dim", "len_prompt", "prompt_size",
             "n_enc_cab", "n_dec_cab", "n_skip_cab")
 _BOOLS = ("no_use_ca", "learnable_prompt", "adaptive_input", "use_sens_adj", "compute_sens_per_coil",
@@ -70,7 +69,7 @@ class PromptMRConfig(ModelConfig):
     use_sens_adj: bool = True
     compute_sens_per_coil: bool = False
     use_checkpoint: bool = False
-    output_size: Optional[Tuple[int, int]] = OUTPUT_SIZE
+    output_size: Optional[Tuple[int, int]] = (IMAGE_SIZE, IMAGE_SIZE)
 
     PRESETS: ClassVar[Dict[str, Dict[str, Any]]] = {
         "pmr_plus": {},

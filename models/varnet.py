@@ -22,10 +22,10 @@ from torch.utils.checkpoint import checkpoint
 from models.config import ModelConfig
 from models.unet import NormUnet, SensitivityNet
 from utils import physics
+from utils.contract import IMAGE_SIZE
 
-__all__ = ["VarNetConfig", "VarNetCascade", "VarNet", "OUTPUT_SIZE"]
+__all__ = ["VarNetConfig", "VarNetCascade", "VarNet"]
 
-OUTPUT_SIZE: Tuple[int, int] = (384, 384)
 
 
 @dataclasses.dataclass
@@ -138,4 +138,4 @@ class VarNet(nn.Module):
             kspace = self._run(cascade, kspace, measured, sampled, sens)
         centre = kspace[:, self.config.num_adj_slices // 2]  # (B, C, H, W)
         image = physics.rss(physics.ifft2c(centre), dim=-3)
-        return physics.center_crop_or_pad(image, OUTPUT_SIZE)
+        return physics.center_crop_or_pad(image, (IMAGE_SIZE, IMAGE_SIZE))

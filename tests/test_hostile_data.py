@@ -293,7 +293,7 @@ def test_acs_only_mask_is_json_safe():
     non-finite number to null."""
     mask = np.zeros(SIZE, np.float32)
     mask[22:26] = 1
-    assert estimate_acceleration(mask, reading="spacing").spacing == float("inf")
+    assert estimate_acceleration(mask).spacing == float("inf")
     safe = reconstruct._json_safe({"a": float("inf"), "b": [float("nan"), 1.5], "c": {"d": -float("inf")}})
     assert json.dumps(safe, allow_nan=False) == '{"a": null, "b": [null, 1.5], "c": {"d": null}}'
     with pytest.raises(F.FormatError, match="mask: only the 4 ACS lines"):

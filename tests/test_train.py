@@ -329,3 +329,17 @@ def test_resume_never_unpickles_a_tampered_or_truncated_optimizer_file(micro, tm
     assert truncated.returncode != 0 and f"{optim}: cannot be read safely" in truncated.stderr, truncated.stderr[-2000:]
     assert "Traceback" not in tampered.stderr + truncated.stderr
     assert not (tag.parent / "epoch-2").exists()
+
+
+def test_fastmri_mask_kinds_are_training_choices():
+    """--mask_type takes fastMRI's kinds (for converted fastMRI data): random and equispaced_fraction keep
+    acceleration = W / sampled columns, equispaced is fastMRI's plain comb (every 4th column) plus the ACS."""
+    import train
+    from data.masks import FASTMRI_KINDS, MaskSampler
+
+    for kind in FASTMRI_KINDS:
+        args = train.parse_args(["--net_name", "n", "--task", "knee", "--mask_type", kind, "--acceleration", "4"])
+        assert args.mask_type == kind and args.acceleration == 4
+        masks = [MaskSampler(kind, args.acceleration, 430).sample(368, 1, i) for i in range(20)]
+        ratio = np.mean([368 / m.sum() for m in masks])
+        assert (3.6 < ratio < 4.4) if kind != "equispaced" else (3.0 < ratio < 3.5), (kind, ratio)

@@ -22,7 +22,6 @@ __all__ = [
     "fft2c",
     "ifft2c",
     "rss",
-    "complex_abs",
     "sens_expand",
     "sens_reduce",
     "SenseOperator",
@@ -63,11 +62,6 @@ def ifft2c(k: torch.Tensor, dim: Tuple[int, int] = _IMAGE_DIMS) -> torch.Tensor:
     k = torch.fft.ifftshift(k, dim=dim)
     k = torch.fft.ifft2(k, dim=dim, norm="ortho")
     return torch.fft.fftshift(k, dim=dim)
-
-
-def complex_abs(x: torch.Tensor) -> torch.Tensor:
-    """Magnitude of a complex tensor (real tensors: absolute value)."""
-    return x.abs()
 
 
 def rss(x: torch.Tensor, dim: int = -3) -> torch.Tensor:
