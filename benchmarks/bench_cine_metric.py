@@ -39,12 +39,10 @@ import numpy as np
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import evaluate  # noqa: E402
-from data.cine import list_cine_cases, write_cine_fullsample, write_submission_file  # noqa: E402
-from data.matlab import write_mat73  # noqa: E402
-from utils.metrics import SWAPPED_PROTOCOLS, cine_ranking_metrics, file_scores  # noqa: E402
+import evaluate
+from data.cine import list_cine_cases, write_cine_fullsample, write_submission_file
+from data.matlab import write_mat73
+from utils.metrics import SWAPPED_PROTOCOLS, cine_ranking_metrics, file_scores
 
 VIEWS = {"sax": 4, "lax": 3}  # slices per view
 ACCELERATIONS = (4, 8, 10)

@@ -20,11 +20,9 @@ import cv2
 import h5py
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import evaluate  # noqa: E402
-from data.formats import read_image_file, read_reconstruction_file, write_reconstruction_file  # noqa: E402
-from utils.metrics import leaderboard_foreground_mask, leaderboard_ssim, nmse, psnr  # noqa: E402
+import evaluate
+from data.formats import read_image_file, read_reconstruction_file, write_reconstruction_file
+from utils.metrics import leaderboard_foreground_mask, leaderboard_ssim, nmse, psnr
 
 
 def _smooth_slices(rng: np.random.Generator, count: int, size: int) -> np.ndarray:

@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data.grappa import grappa_patterns, grappa_reconstruct  # noqa: E402
+from data.grappa import grappa_patterns, grappa_reconstruct
 
 CASES = [  # (name, coils, H, W, acceleration, mask kind)
     ("brain", 16, 768, 396, 4, "equispaced"),

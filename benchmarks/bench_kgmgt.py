@@ -25,12 +25,9 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-ROOT = Path(__file__).resolve().parents[1]
-for path in (ROOT, ROOT / "benchmarks"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+from bench_models import _rss_bytes  # one resident-size helper for the benchmarks (script folder)
 
-from bench_models import _rss_bytes  # noqa: E402 - one resident-size helper for the benchmarks
+ROOT = Path(__file__).resolve().parents[1]
 
 VARIANTS = ["kgmgt:paper", "kgmgt:demo", "kgmgt:released", "promptmr:cine_demo", "promptmr:cine_challenge"]
 SIZES = ["160x160", "256x256", "512x246"]

@@ -26,15 +26,13 @@ from argparse import Namespace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
+import torch
+
+import reconstruct
+from utils import artifacts
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import reconstruct  # noqa: E402
-from utils import artifacts  # noqa: E402
 
 FULL_SHAPES = {"brain": (768, 396), "knee": (640, 396)}  # k-space (H, W) of the full synthetic preset
 LEADERBOARD_VOLUMES = {"brain": 58, "knee": 58}  # over both accelerations (29 + 29 per acceleration)

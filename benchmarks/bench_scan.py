@@ -20,9 +20,6 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _rss_mib() -> float:
@@ -34,7 +31,6 @@ def _rss_mib() -> float:
 
 def _child(backend: str, length: int, dim: int, d_state: int, mode: str, repeats: int, threads: int) -> dict:
     """Run one variant in this process and return its figures."""
-    sys.path.insert(0, str(ROOT))
     import torch
 
     from models.selective_scan import selective_scan

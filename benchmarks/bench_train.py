@@ -23,11 +23,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 _STEP_PROBE = r"""
 import json, resource, sys, time, torch
-sys.path.insert(0, {repo!r})
 from data.datasets import SliceDataset, collate_training
 from data.masks import MaskSampler
 from data.transforms import TrainingTransform

@@ -34,6 +34,13 @@ if [[ ! -f "$_stamp" || "$(cat "$_stamp")" != "$_want" ]]; then
     echo "$_want" > "$_stamp"
 fi
 
+# The project itself, editable (pyproject.toml): tests and benchmarks import it from any folder. No
+# dependencies (requirements.txt above) and no build isolation (nothing downloaded).
+if [[ "$(cd / && "$_py" -c 'import train; print(train.__file__)' 2>/dev/null)" != "$_repo_root/train.py" ]]; then
+    echo "[requirements] installing the project (editable)"
+    _pip install --no-deps --no-build-isolation -e "$_repo_root"
+fi
+
 if ! "$_py" -c "import deepspeed" >/dev/null 2>&1; then
     echo "[requirements] installing deepspeed==0.19.8 (DS_BUILD_OPS=0)"
     DS_BUILD_OPS=0 _pip install --no-build-isolation deepspeed==0.19.8

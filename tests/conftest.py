@@ -95,3 +95,55 @@ def make_micro_data(root: Path, volumes=2, slices=2, coils=2, height=384, width=
 def micro_data():
     """:func:`make_micro_data`, the builder of micro training sets: ``micro_data(root, volumes=2, ...)``."""
     return make_micro_data
+
+
+# Cine data shared by the cine test modules.
+CINE_T, CINE_S, CINE_C, CINE_KY, CINE_KX = 4, 1, 2, 40, 24  # frames, slices, coils, ky, kx of cine_fullsample
+
+
+def _cine_fullsample(seed: int) -> np.ndarray:
+    """A beating-disc FullSample k-space ``(t, slices, coils, ky, kx)`` complex64 of the CINE_* sizes."""
+    from utils.physics import fft2c
+
+    rng = np.random.default_rng(seed)
+    t, s, c, ky, kx = CINE_T, CINE_S, CINE_C, CINE_KY, CINE_KX
+    yy, xx = np.meshgrid(np.linspace(-1, 1, ky), np.linspace(-1, 1, kx), indexing="ij")
+    radius = 0.5 + 0.15 * np.cos(2 * np.pi * np.arange(t) / t)[:, None, None, None, None]
+    obj = (yy ** 2 + xx ** 2 < radius ** 2) * 1.0 + 0.3 * (np.abs(yy) < 0.8)
+    coils = np.exp(1j * np.arange(c)[None, None, :, None, None] * (xx + 0.5 * yy)) * (1 + 0.3 * np.arange(c))[None, None, :, None, None]
+    images = (obj * coils * np.ones((1, s, 1, 1, 1))).astype(np.complex64)
+    images += (rng.standard_normal(images.shape) * 1e-3).astype(np.complex64)
+    return fft2c(torch.from_numpy(images)).numpy()
+
+
+@pytest.fixture(scope="session")
+def cine_fullsample():
+    """Builder ``cine_fullsample(seed) -> (t, slices, coils, ky, kx)`` complex64 k-space (sizes CINE_*)."""
+    return _cine_fullsample
+
+
+def _cine_batch(b=2, c=3, h=24, w=20, seed=0, two_d=False):
+    """A model batch of 3 adjacent frames: masked k-space ``(b, 3, c, h, w)`` and a kt line mask ``(b, 3, w)``
+    (``two_d``: a 2-D mask ``(b, 3, h, w)`` with a sampled 6 x 6 centre)."""
+    from utils import physics
+
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    frames = torch.stack([((yy ** 2 + xx ** 2) < (0.4 + 0.05 * t) ** 2).float() + 0.2 for t in range(3)])  # (3, H, W)
+    coils = torch.exp(1j * (torch.arange(c).view(c, 1, 1) + 1) * (0.5 * xx + 0.3 * yy)).to(torch.complex64)
+    images = frames.view(1, 3, 1, h, w) * coils.view(1, 1, c, h, w) * torch.ones(b, 1, 1, 1, 1)
+    images = images + 0.01 * torch.randn(images.shape, generator=g, dtype=torch.complex64)
+    kspace = physics.fft2c(images)
+    if two_d:
+        mask = (torch.rand(b, 3, h, w, generator=g) > 0.6).float()
+        mask[..., h // 2 - 3:h // 2 + 3, w // 2 - 3:w // 2 + 3] = 1
+        return kspace * mask.unsqueeze(2), mask
+    mask = (torch.rand(b, 3, w, generator=g) > 0.6).float()  # a different line pattern per frame (kt)
+    mask[..., w // 2 - 2:w // 2 + 2] = 1
+    return kspace * mask[:, :, None, None, :], mask
+
+
+@pytest.fixture(scope="session")
+def cine_batch():
+    """Builder ``cine_batch(b=2, c=3, h=24, w=20, seed=0, two_d=False) -> (masked k-space, mask)``."""
+    return _cine_batch

@@ -25,23 +25,6 @@ def _tiny(**overrides) -> KGMgT:
     return build_model("kgmgt", "tiny", **overrides)
 
 
-def _cine_batch(b=2, c=3, h=24, w=20, seed=0, two_d=False):
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
-    frames = torch.stack([((yy ** 2 + xx ** 2) < (0.4 + 0.05 * t) ** 2).float() + 0.2 for t in range(3)])  # (3, H, W)
-    coils = torch.exp(1j * (torch.arange(c).view(c, 1, 1) + 1) * (0.5 * xx + 0.3 * yy)).to(torch.complex64)
-    images = frames.view(1, 3, 1, h, w) * coils.view(1, 1, c, h, w) * torch.ones(b, 1, 1, 1, 1)
-    images = images + 0.01 * torch.randn(images.shape, generator=g, dtype=torch.complex64)
-    kspace = physics.fft2c(images)
-    if two_d:
-        mask = (torch.rand(b, 3, h, w, generator=g) > 0.6).float()
-        mask[..., h // 2 - 3:h // 2 + 3, w // 2 - 3:w // 2 + 3] = 1
-        return kspace * mask.unsqueeze(2), mask
-    mask = (torch.rand(b, 3, w, generator=g) > 0.6).float()  # a different line pattern per frame (kt)
-    mask[..., w // 2 - 2:w // 2 + 2] = 1
-    return kspace * mask[:, :, None, None, :], mask
-
-
 # ------------------------------------------------------------------------------------------- matching
 
 
@@ -232,8 +215,8 @@ def test_dc_keeps_the_measured_lines_when_eta_is_large():
     assert torch.allclose(k_out[m], (k_in[m] + measured[m]) / 2, atol=1e-5)
 
 
-def test_coil_maps_from_the_time_averaged_centre_have_unit_rss():
-    kspace, mask = _cine_batch()
+def test_coil_maps_from_the_time_averaged_centre_have_unit_rss(cine_batch):
+    kspace, mask = cine_batch()
     mask5 = physics.model_mask(mask, tuple(kspace.shape))
     sens = coil_sensitivities(kspace, mask5)
     assert sens.shape == (2, 3, 24, 20)
@@ -243,11 +226,11 @@ def test_coil_maps_from_the_time_averaged_centre_have_unit_rss():
 # ------------------------------------------------------------------------------------------- the model
 
 
-def test_both_passes_run_one_shared_network_with_pass_one_knowledge():
+def test_both_passes_run_one_shared_network_with_pass_one_knowledge(cine_batch):
     model = _tiny()
     calls = []
     model.net.register_forward_hook(lambda mod, args, out: calls.append((args, out)))
-    kspace, mask = _cine_batch()
+    kspace, mask = cine_batch()
     with torch.no_grad():
         model(kspace, mask)
     assert len(calls) == 2
@@ -258,9 +241,9 @@ def test_both_passes_run_one_shared_network_with_pass_one_knowledge():
 
 
 @pytest.mark.parametrize("two_d", [False, True])
-def test_odd_sizes_forward_and_backward(two_d):
+def test_odd_sizes_forward_and_backward(two_d, cine_batch):
     model = _tiny()
-    kspace, mask = _cine_batch(h=21, w=19, two_d=two_d)
+    kspace, mask = cine_batch(h=21, w=19, two_d=two_d)
     acs = torch.tensor([6, 6]) if two_d else None
     out = model(kspace, mask, acs)
     assert out.shape == (2, 21, 19) and out.dtype == torch.float32 and torch.isfinite(out).all()
@@ -269,9 +252,9 @@ def test_odd_sizes_forward_and_backward(two_d):
     assert not missing, missing
 
 
-def test_contract_errors_and_released_preset():
+def test_contract_errors_and_released_preset(cine_batch):
     model = _tiny()
-    kspace, mask = _cine_batch()
+    kspace, mask = cine_batch()
     with pytest.raises(ValueError, match="3 frames"):
         model(kspace[:, :1], mask[:, :1])
     with pytest.raises(ValueError, match="complex"):
@@ -282,8 +265,8 @@ def test_contract_errors_and_released_preset():
         assert released(kspace, mask).shape == (2, 24, 20)
 
 
-def test_gradient_checkpointing_gives_the_same_output_and_gradients():
-    kspace, mask = _cine_batch(b=1)
+def test_gradient_checkpointing_gives_the_same_output_and_gradients(cine_batch):
+    kspace, mask = cine_batch(b=1)
     plain, ckpt = _tiny(), _tiny(use_checkpoint=True)
     ckpt.load_state_dict(plain.state_dict())
     outs = []
@@ -294,8 +277,8 @@ def test_gradient_checkpointing_gives_the_same_output_and_gradients():
     assert torch.allclose(outs[0][0], outs[1][0], atol=1e-5) and torch.allclose(outs[0][1], outs[1][1], atol=1e-4)
 
 
-def test_every_layer_is_saved_no_hidden_randomness():
-    kspace, mask = _cine_batch()
+def test_every_layer_is_saved_no_hidden_randomness(cine_batch):
+    kspace, mask = cine_batch()
     torch.manual_seed(11)
     a = build_model("kgmgt", "tiny").eval()
     torch.manual_seed(12)

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from models import build_model
-from tests.test_kgmgt import _cine_batch
 from utils.engine import parameter_groups
 from utils.objectives import _VGG19_CONVS, ReconstructionObjective, VGG19Features
 
@@ -41,8 +40,8 @@ class _Batch:
         self.fname, self.slice_index = ["a.mat", "b.mat"], torch.tensor([3, 4])
 
 
-def _batch():
-    kspace, mask = _cine_batch()
+def _batch(cine_batch):
+    kspace, mask = cine_batch()
     target = torch.rand(2, 24, 20) + 0.5
     return _Batch(kspace, mask, target)
 
@@ -62,12 +61,12 @@ def test_parameter_groups_follow_the_models_learning_rate_scales():
     assert [(g["weight_decay"], g["lr_scale"]) for g in plain] == [(1e-4, 1.0), (0.0, 1.0)]
 
 
-def test_perceptual_loss_loads_vgg19_from_a_local_file_only(vgg19_file, tmp_path):
+def test_perceptual_loss_loads_vgg19_from_a_local_file_only(vgg19_file, tmp_path, cine_batch):
     vgg = VGG19Features(vgg19_file)
     assert vgg(torch.rand(1, 3, 32, 32)).shape == (1, 512, 2, 2)
     assert not any(p.requires_grad for p in vgg.parameters())
     objective = ReconstructionObjective("l1", perceptual_weight=1.0, perceptual_vgg=str(vgg19_file))
-    batch = _batch()
+    batch = _batch(cine_batch)
     same = batch.target.clone().requires_grad_(True)
     assert float(objective.perceptual_loss(same, batch).detach()) == 0.0
     assert float(objective.perceptual_loss(same * 1.5, batch).detach()) > 0
@@ -78,10 +77,10 @@ def test_perceptual_loss_loads_vgg19_from_a_local_file_only(vgg19_file, tmp_path
         VGG19Features(tmp_path / "bad.pth")
 
 
-def test_adversarial_terms_reach_each_network_only_through_its_own_objective():
+def test_adversarial_terms_reach_each_network_only_through_its_own_objective(cine_batch):
     torch.manual_seed(0)
     model = build_model("kgmgt", "tiny", discriminator_width=4)
-    batch = _batch()
+    batch = _batch(cine_batch)
     critic = [p for n, p in model.named_parameters() if n.startswith("discriminator.")]
     generator = [p for n, p in model.named_parameters() if not n.startswith("discriminator.")]
 
@@ -106,16 +105,15 @@ def test_adversarial_terms_reach_each_network_only_through_its_own_objective():
 
 
 @pytest.fixture(scope="module")
-def cine_root(tmp_path_factory):
+def cine_root(tmp_path_factory, cine_fullsample):
     from data.cine import write_cine_fullsample, write_cine_undersampled
     from data.cine_masks import make_cine_mask
-    from tests.test_train_cine import KX, KY, _cine
 
     root = tmp_path_factory.mktemp("cine") / "CMRxRecon" / "MultiCoil" / "Cine"
-    write_cine_fullsample(root / "TrainingSet", "P001", "sax", _cine(0))  # one subject: 4 frames, 2 steps an epoch
-    full = _cine(9)
+    write_cine_fullsample(root / "TrainingSet", "P001", "sax", cine_fullsample(0))  # one subject: 4 frames, 2 steps an epoch
+    full = cine_fullsample(9)
     write_cine_fullsample(root / "ValidationSet", "P010", "sax", full)
-    write_cine_undersampled(root / "ValidationSet", "P010", "sax", full, make_cine_mask("uniform", (1, KY, KX), 4)[0], 4)
+    write_cine_undersampled(root / "ValidationSet", "P010", "sax", full, make_cine_mask("uniform", (1, *full.shape[-2:]), 4)[0], 4)
     return root
 
 

@@ -8,36 +8,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from data.cine import write_cine_fullsample, write_cine_undersampled
 from data.cine_masks import make_cine_mask
-from utils.physics import fft2c
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_MODE": "offline", "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
-T, S, C, KY, KX = 4, 1, 2, 40, 24
-
-
-def _cine(seed):
-    rng = np.random.default_rng(seed)
-    yy, xx = np.meshgrid(np.linspace(-1, 1, KY), np.linspace(-1, 1, KX), indexing="ij")
-    radius = 0.5 + 0.15 * np.cos(2 * np.pi * np.arange(T) / T)[:, None, None, None, None]
-    obj = (yy ** 2 + xx ** 2 < radius ** 2) * 1.0 + 0.3 * (np.abs(yy) < 0.8)
-    coils = np.exp(1j * np.arange(C)[None, None, :, None, None] * (xx + 0.5 * yy)) * (1 + 0.3 * np.arange(C))[None, None, :, None, None]
-    images = (obj * coils * np.ones((1, S, 1, 1, 1))).astype(np.complex64)
-    images += (rng.standard_normal(images.shape) * 1e-3).astype(np.complex64)
-    return fft2c(torch.from_numpy(images)).numpy()
 
 
 @pytest.fixture(scope="module")
-def cine_root(tmp_path_factory):
+def cine_root(tmp_path_factory, cine_fullsample):
     root = tmp_path_factory.mktemp("cine") / "CMRxRecon" / "MultiCoil" / "Cine"  # DATA_ROOT is 3 levels up
     for i in range(2):
-        write_cine_fullsample(root / "TrainingSet", f"P00{i + 1}", "sax", _cine(i))
-    full = _cine(9)
+        write_cine_fullsample(root / "TrainingSet", f"P00{i + 1}", "sax", cine_fullsample(i))
+    full = cine_fullsample(9)
     write_cine_fullsample(root / "ValidationSet", "P010", "sax", full)
-    write_cine_undersampled(root / "ValidationSet", "P010", "sax", full, make_cine_mask("uniform", (1, KY, KX), 4)[0], 4)
+    write_cine_undersampled(root / "ValidationSet", "P010", "sax", full, make_cine_mask("uniform", (1, *full.shape[-2:]), 4)[0], 4)
     return root
 
 
