@@ -300,6 +300,8 @@ class RestorationNetwork(nn.Module):
         self.fuse_up_large = _conv_act(ngf + c1, ngf)
         self.body_up_large = MGStage(ngf, **stage)
         self.tail_up_large = nn.Sequential(nn.Conv2d(ngf, ngf // 2, 3, 1, 1), nn.LeakyReLU(0.1), nn.Conv2d(ngf // 2, 2, 3, 1, 1))
+        nn.init.zeros_(self.tail_up_large[-1].weight)  # the U-shape starts as the identity (output = base)
+        nn.init.zeros_(self.tail_up_large[-1].bias)
         self.knowledge = nn.ModuleList(_conv_act(ngf + c, ngf) for c in (c1, c2, c3, c2, c1))
         self.refine = RefinementCNN(cfg.refine_layers, cfg.refine_width)
         self.refine_iters = cfg.refine_iters

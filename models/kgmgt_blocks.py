@@ -485,7 +485,9 @@ class MGStage(nn.Module):
 
 class RefinementCNN(nn.Module):
     """The refinement CNN (released code's ``cnn_denoiser``): ``layers`` 3x3 conv-BN-LeakyReLU(0.2)
-    layers (widths 2 -> width ... -> 2; the last one too) plus the input. ``(B, 2, H, W) -> (B, 2, H, W)``."""
+    layers (widths 2 -> width ... -> 2; the last one too) plus the input. ``(B, 2, H, W) -> (B, 2, H, W)``.
+    The last batch norm's scale starts at 0, so each application starts as the identity (applied 5 times,
+    a unit-variance residual at initialisation would bury the restored image in noise)."""
 
     def __init__(self, layers: int, width: int, channels: int = 2):
         super().__init__()
@@ -494,6 +496,7 @@ class RefinementCNN(nn.Module):
         for cin, cout in zip(sizes[:-1], sizes[1:]):
             body += [nn.Conv2d(cin, cout, 3, 1, 1), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2)]
         self.body = nn.Sequential(*body)
+        nn.init.zeros_(body[-2].weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x) + x
