@@ -23,6 +23,13 @@ shared ACS correlation tensor ``R[d, u, c, v, c'] = sum_y conj(X[y, u, c]) X[y +
 once per slice with ``kh`` matrix products, so a pattern costs only a gather and a Cholesky solve
 (complex128). Kernels are applied in complex64 with batched matrix products; the only Python loops run
 over patterns, kernel rows/shifts and memory-bounded chunks of slices.
+
+External calibration (``calibration=``, e.g. for cine): the kernels are fitted on a separate fully
+sampled calibration k-space ``(G, C, H, Wc)`` (all of its ``Wc`` columns are the "ACS") instead of
+the ACS of each item, and one calibration serves ``S // G`` consecutive items, which may each have
+their own ``(W,)`` mask (the mask is then ``(S, W)``): the kernel of a pattern is fitted once per
+calibration and applied to every item and missing column with that pattern. A cine slice calibrated
+on its time-averaged k-space centre and filled frame by frame is this case (``data.cine_baselines``).
 """
 from __future__ import annotations
 
@@ -78,11 +85,38 @@ def _to_mask(mask, width: int) -> np.ndarray:
         mask = mask.detach().cpu().numpy()
     mask = np.asarray(mask)
     if mask.ndim == 0 or any(n != 1 for n in mask.shape[:-1]):
-        raise ValueError(f"grappa: mask must be 1-D (W,), got shape {mask.shape}")
+        raise ValueError(f"grappa: mask must be 1-D (W,) (per-item (S, W) masks need a calibration), "
+                         f"got shape {mask.shape}")
     mask = mask.reshape(-1)
     if mask.size != width:
         raise ValueError(f"grappa: mask has {mask.size} entries but k-space width W is {width}")
     return mask != 0
+
+
+def _to_item_masks(mask, items: int, width: int) -> np.ndarray:
+    """Boolean ``(S, W)`` masks from a ``(W,)`` mask (shared) or ``(S, W)`` / ``(1, W)`` masks."""
+    if isinstance(mask, torch.Tensor):
+        mask = mask.detach().cpu().numpy()
+    mask = np.asarray(mask)
+    if mask.ndim == 1:
+        mask = mask[None]
+    if mask.ndim != 2 or mask.shape[0] not in (1, items) or mask.shape[1] != width:
+        raise ValueError(f"grappa: mask must be (W,) or (S, W) = (1 or {items}, {width}), got shape {mask.shape}")
+    return np.broadcast_to(mask != 0, (items, width))
+
+
+def _to_calibration(calibration, items: int, coils: int, height: int) -> torch.Tensor:
+    """Calibration k-space as complex64 ``(G, C, H, Wc)``, checked against the k-space ``(S, C, H, W)``."""
+    cal, _ = _to_kspace(calibration)
+    G, Cc, Hc, Wc = cal.shape
+    if Cc != coils or Hc != height:
+        raise ValueError(f"grappa: calibration {tuple(cal.shape)} must have the k-space's {coils} coils and "
+                         f"{height} readout rows")
+    if items % G:
+        raise ValueError(f"grappa: {G} calibrations do not divide the {items} k-space items")
+    if Wc < 3:
+        raise ValueError(f"grappa: calibration of {Wc} column(s) is too narrow to calibrate")
+    return cal.to(torch.complex64)
 
 
 def _acs_range(mask: np.ndarray) -> Tuple[int, int]:
@@ -283,8 +317,19 @@ def _reconstruct_chunk(kl: torch.Tensor, patterns: List[GrappaPattern], acs: Tup
     return out
 
 
+def _span_rule(acs_width: int, kh: int, coils: int, height: int, min_fit: float):
+    """``max_span(n_sources)``: fit every kernel on at least ``min_fit`` of the ``acs_width``
+    calibration columns, and keep the fit over-determined."""
+
+    def max_span(n_sources: int) -> int:
+        fit_columns = max(1, math.ceil(min_fit * acs_width), math.ceil(kh * n_sources * coils / height))
+        return acs_width - fit_columns
+
+    return max_span
+
+
 def grappa_reconstruct(kspace, mask, kernel_size: Sequence[int] = (5, 4), lamda: float = 0.01,
-                       min_fit: float = 0.6) -> torch.Tensor:
+                       min_fit: float = 0.6, calibration=None) -> torch.Tensor:
     """GRAPPA-filled k-space, complex64 with the input's shape ``(C, H, W)`` or ``(S, C, H, W)``.
 
     ``kspace``: complex torch tensor or numpy array; values at unsampled columns are ignored.
@@ -294,20 +339,24 @@ def grappa_reconstruct(kspace, mask, kernel_size: Sequence[int] = (5, 4), lamda:
     fitted on; wider patterns lose their farthest sources (with the default 0.6 and a 32-line ACS,
     R = 4 kernels keep all 4 sources, R = 8 ones the nearest 2, which generalise better there). Sampled columns are
     returned unchanged; missing columns are predicted; columns with no usable source stay zero.
+
+    ``calibration`` (optional): fully sampled calibration k-space ``(G, C, H, Wc)`` or ``(C, H, Wc)``
+    (G = 1), complex, every column used as ACS, ``G`` dividing ``S``; item ``s`` is filled with the
+    kernels fitted on calibration ``s // (S // G)``. The mask may then be ``(S, W)``, one per item
+    (e.g. per-frame kt masks; no ACS needed in them), or ``(W,)`` for all.
     """
     kh, kw = _check_kernel(kernel_size)
     k, single = _to_kspace(kspace)
     S, C, H, W = k.shape
     if H < kh:
         raise ValueError(f"grappa: readout size H={H} is smaller than the kernel height {kh}")
+    if calibration is not None:
+        out = _grappa_calibrated(k, _to_item_masks(mask, S, W), _to_calibration(calibration, S, C, H),
+                                 kh, kw, lamda, min_fit)
+        return out[0] if single else out
     m = _to_mask(mask, W)
     acs = _acs_range(m)
-
-    def max_span(n_sources: int) -> int:
-        # Fit every kernel on at least half of the ACS columns, and keep the fit over-determined.
-        fit_columns = max(1, math.ceil(min_fit * (acs[1] - acs[0])), math.ceil(kh * n_sources * C / H))
-        return acs[1] - acs[0] - fit_columns
-
+    max_span = _span_rule(acs[1] - acs[0], kh, C, H, min_fit)
     patterns = grappa_patterns(m, kw, max_span)
     sampled = torch.as_tensor(m, device=k.device)
     kl = torch.where(sampled, k, torch.zeros((), dtype=k.dtype, device=k.device))  # drop unsampled values
@@ -317,6 +366,87 @@ def grappa_reconstruct(kspace, mask, kernel_size: Sequence[int] = (5, 4), lamda:
         kl = torch.cat([_reconstruct_chunk(kl[s:s + step], patterns, acs, kh, lamda) for s in range(0, S, step)])
     out = kl.permute(0, 3, 1, 2).contiguous()
     return out[0] if single else out
+
+
+@dataclass(frozen=True)
+class _ItemPattern:
+    """One kernel geometry over several items: target ``(items[i], targets[i])`` pairs, ``(n,)`` each."""
+
+    offsets: Tuple[int, ...]
+    items: np.ndarray
+    targets: np.ndarray
+
+
+def _item_patterns(masks: np.ndarray, kw: int, max_span) -> List[_ItemPattern]:
+    """The sampling patterns of ``(S, W)`` masks, each with the items and columns that use it."""
+    unique, inverse = np.unique(masks, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    table: Dict[Tuple[int, ...], List[Tuple[np.ndarray, np.ndarray]]] = {}
+    for u, m in enumerate(unique):
+        items = np.flatnonzero(inverse == u)
+        for p in grappa_patterns(m, kw, max_span):
+            table.setdefault(p.offsets, []).append((np.repeat(items, p.targets.size), np.tile(p.targets, items.size)))
+    return [_ItemPattern(o, np.concatenate([i for i, _ in pairs]), np.concatenate([t for _, t in pairs]))
+            for o, pairs in sorted(table.items())]
+
+
+def _apply_pairs(kl_padded: torch.Tensor, weights: torch.Tensor, items: torch.Tensor, cols: torch.Tensor,
+                 groups: torch.Tensor, height: int) -> torch.Tensor:
+    """Predicted values ``(n, H, C)`` at ``n`` (item, column) targets.
+
+    ``kl_padded``: ``(S, H + kh - 1, W, C)``; ``weights``: ``(G, kh, k*C, C)``; ``items``, ``groups``
+    (calibration of each item): ``(n,)``; ``cols``: ``(n, k)`` source columns.
+    """
+    src = kl_padded[items[:, None], :, cols].permute(0, 2, 1, 3)  # (n, H + kh - 1, k, C)
+    n, _, k, C = src.shape
+    out = None
+    for i in range(weights.shape[1]):
+        rows = src[:, i:i + height].reshape(n, height, k * C)
+        term = rows @ (weights[0, i] if weights.shape[0] == 1 else weights[groups, i])
+        out = term if out is None else out.add_(term)
+    return out
+
+
+def _grappa_calibrated(k: torch.Tensor, masks: np.ndarray, cal: torch.Tensor, kh: int, kw: int,
+                       lamda: float, min_fit: float) -> torch.Tensor:
+    """``grappa_reconstruct`` with external calibration: k-space ``(S, C, H, W)``, masks ``(S, W)``,
+    calibration ``(G, C, H, Wc)``; returns ``(S, C, H, W)`` complex64."""
+    S, C, H, W = k.shape
+    G, Wc = cal.shape[0], cal.shape[-1]
+    per = S // G
+    max_span = _span_rule(Wc, kh, C, H, min_fit)
+    sampled = torch.as_tensor(np.array(masks), device=k.device)[:, None, None, :]
+    kl = torch.where(sampled, k, torch.zeros((), dtype=k.dtype, device=k.device))
+    kl = kl.to(torch.complex64).permute(0, 2, 3, 1).contiguous()  # (S, H, W, C)
+    cl = cal.permute(0, 2, 3, 1).contiguous()  # (G, H, Wc, C)
+    ph = kh // 2
+    k_max = kw
+    per_group = ((2 * kh - 1) * (Wc * C) ** 2 * 16 * 3 + H * Wc * C * 16 * 2
+                 + _SOLVE_BATCH * (kh * k_max * C) ** 2 * 16 * 4 + per * H * W * C * 8 * 3)
+    step = max(1, _MEMORY_BUDGET_BYTES // per_group)
+    pair_bytes = (H + kh) * k_max * C * 8 * 3 + H * C * 8 * 2 + kh * k_max * C * C * 8
+    pair_chunk = max(1, _MEMORY_BUDGET_BYTES // pair_bytes)
+    chunks = []
+    for g0 in range(0, G, step):
+        g1 = min(G, g0 + step)
+        part = kl[g0 * per:g1 * per]
+        out = part.clone()
+        patterns = _item_patterns(masks[g0 * per:g1 * per], kw, max_span)
+        if patterns:
+            padded = torch.cat([part[:, H - ph:], part, part[:, :ph]], dim=1) if ph else part
+            prefix = _diagonal_prefix(_acs_correlations(cl[g0:g1], (0, Wc), kh))
+            for batch in _pattern_batches(patterns):
+                offsets = torch.as_tensor([p.offsets for p in batch], dtype=torch.long, device=k.device)
+                weights = _solve_kernel(*_normal_equations(prefix, offsets, kh), lamda)
+                weights = weights.to(torch.complex64).reshape(len(batch), g1 - g0, kh, offsets.shape[1] * C, C)
+                for pattern, o, w in zip(batch, offsets, weights):
+                    items = torch.as_tensor(pattern.items, dtype=torch.long, device=k.device)
+                    targets = torch.as_tensor(pattern.targets, dtype=torch.long, device=k.device)
+                    for a in range(0, items.numel(), pair_chunk):
+                        it, tg = items[a:a + pair_chunk], targets[a:a + pair_chunk]
+                        out[it, :, tg] = _apply_pairs(padded, w, it, tg[:, None] + o[None, :], it // per, H)
+        chunks.append(out)
+    return torch.cat(chunks).permute(0, 3, 1, 2).contiguous()
 
 
 def grappa_image(kspace, mask, out_shape: Sequence[int] = (384, 384), **grappa_kwargs) -> torch.Tensor:

@@ -7,7 +7,7 @@ import torch
 
 import data.grappa as grappa
 from data.grappa import grappa_image, grappa_patterns, grappa_reconstruct
-from utils.physics import fft2c
+from utils.physics import acs_bounds, fft2c
 
 
 def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
@@ -197,3 +197,55 @@ def test_bad_inputs_raise(kspace8):
         grappa_reconstruct(kspace8, mask, kernel_size=(4, 4))
     with pytest.raises(ValueError, match="1-D"):
         grappa_reconstruct(kspace8, np.ones((2, 96)))
+
+
+# ----------------------------------------------------------------------------- external calibration
+
+
+def test_calibration_on_own_acs_equals_the_default(kspace8):
+    mask = _equispaced(96, 4, 24)
+    under = kspace8 * torch.from_numpy(mask)
+    a, b = acs_bounds(torch.from_numpy(mask))  # the ACS block takes in the adjacent comb line: [36, 61)
+    torch.testing.assert_close(grappa_reconstruct(under, mask, calibration=kspace8[..., a:b]),
+                               grappa_reconstruct(under, mask), rtol=0, atol=0)
+
+
+def test_shared_calibration_with_per_item_masks():
+    """One calibration, three items with their own (ACS-free) masks: each item equals a call of its own,
+    and every one is far better than zero-filling."""
+    full = _phantom_kspace(64, 80, 8, seed=4)
+    masks = np.zeros((3, 80), dtype=np.float32)
+    for i, offset in enumerate((0, 1, 3)):
+        masks[i, offset::4] = 1
+    items = full[None] * torch.from_numpy(masks)[:, None, None, :]
+    cal = full[..., 40 - 12:40 + 12]
+    out = grappa_reconstruct(items, masks, calibration=cal)
+    for i in range(3):
+        torch.testing.assert_close(out[i], grappa_reconstruct(items[i], masks[i], calibration=cal))
+        assert torch.equal(out[i][..., masks[i] != 0], full[..., masks[i] != 0])
+        assert _nmse(out[i], full) < 0.15 * _nmse(items[i], full)
+
+
+def test_grouped_calibrations_serve_consecutive_items(monkeypatch):
+    fulls = [_phantom_kspace(48, 64, 4, seed=s) for s in (5, 6)]
+    mask = _equispaced(64, 4, 0)
+    mask[32] = 1
+    items = torch.stack([fulls[0], fulls[0], fulls[1], fulls[1]]) * torch.from_numpy(mask)
+    cals = torch.stack([f[..., 32 - 10:32 + 10] for f in fulls])
+    out = grappa_reconstruct(items, mask, calibration=cals)
+    for s in range(4):
+        torch.testing.assert_close(out[s], grappa_reconstruct(items[s], mask, calibration=cals[s // 2]))
+    monkeypatch.setattr(grappa, "_MEMORY_BUDGET_BYTES", 1)  # one calibration group and one target per chunk
+    torch.testing.assert_close(grappa_reconstruct(items, mask, calibration=cals), out)
+
+
+def test_bad_calibration_raises(kspace8):
+    mask = _equispaced(96, 4, 24)
+    with pytest.raises(ValueError, match="coils"):
+        grappa_reconstruct(kspace8, mask, calibration=kspace8[:4, :, 40:56])
+    with pytest.raises(ValueError, match="divide"):
+        grappa_reconstruct(kspace8[None].expand(3, -1, -1, -1), mask, calibration=kspace8[None, ..., 40:56].expand(2, -1, -1, -1))
+    with pytest.raises(ValueError, match="narrow"):
+        grappa_reconstruct(kspace8, mask, calibration=kspace8[..., 40:42])
+    with pytest.raises(ValueError, match=r"\(S, W\)"):
+        grappa_reconstruct(kspace8, np.ones((2, 96)), calibration=kspace8[..., 40:56])
