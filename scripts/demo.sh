@@ -7,11 +7,16 @@
 #   bash scripts/demo.sh                   # the whole chain (training takes about half an hour on 2 cores)
 #   bash scripts/demo.sh --use-artifacts   # skip training: reconstruct with the shipped artifacts/
 #   bash scripts/demo.sh --baselines-only  # stop after the baselines
+#   bash scripts/demo.sh --cine [--use-artifacts | --baselines-only]   # the cardiac cine demo (scripts/demo_cine.sh)
 #
 # Honours DATA_ROOT and RESULT_ROOT (defaults: demo/Data and demo/result inside the checkout, so the demo
 # never writes into a real ../Data). SEED (default 430) selects the synthetic data set; DEMO_PRESET=tiny
 # runs the same chain on the tiny data set and models in a few minutes (used by the tests).
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [[ "${1:-}" == --cine ]]; then
+    shift
+    exec bash "$REPO/scripts/demo_cine.sh" "$@"
+fi
 DATA_ROOT="${DATA_ROOT:-$REPO/demo/Data}"
 RESULT_ROOT="${RESULT_ROOT:-$REPO/demo/result}"
 source "$REPO/scripts/common.sh"
@@ -25,7 +30,7 @@ case "${1:-}" in
     "") ;;
     --use-artifacts) mode=artifacts ;;
     --baselines-only) mode=baselines ;;
-    *) echo "usage: bash scripts/demo.sh [--use-artifacts | --baselines-only]" >&2; exit 2 ;;
+    *) echo "usage: bash scripts/demo.sh [--cine] [--use-artifacts | --baselines-only]" >&2; exit 2 ;;
 esac
 
 stamp="$DATA_ROOT/.simulated"

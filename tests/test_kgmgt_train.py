@@ -128,7 +128,8 @@ def test_recipe_resume_export_and_reconstruct(cine_root, vgg19_file, tmp_path):
     the plan's epoch 2); train.py resumed from its epoch 1 reproduces its epoch 2 bit for bit; the weights
     export to an artifact that reconstruct.py --task cine uses."""
     env = {**ENV, "DATA_ROOT": str(cine_root.parents[2]), "RESULT_ROOT": str(tmp_path / "a"), "PRESET": "tiny",
-           "NUM_WORKERS": "0", "MODEL": "kgmgt", "PERCEPTUAL_VGG": str(vgg19_file), "KGMGT_GAN": "1"}
+           "NUM_WORKERS": "0", "MODEL": "kgmgt", "PERCEPTUAL_VGG": str(vgg19_file), "KGMGT_GAN": "1",
+           "KEEP_CHECKPOINTS": "0"}  # keep epoch 1 to resume from
     res = subprocess.run(["bash", "scripts/train_cine_step1.sh", "--stop_epoch", "2"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
