@@ -31,7 +31,7 @@ magnitude ``(t, slices, ky, kx)``, for figures) and ``<result>/Reconstruction/ro
 Weights (the model configuration always comes from them, never from flags):
 ``--weights result``: ``<result>/<net_prefix>_{brain,knee}_acc{4,8}`` and ``<result>/<classifier_net>``, each
 the last epoch of its highest recipe step; ``--weights artifacts``: ``<artifacts_dir>/{brain,knee}_acc{4,8}
-.safetensors`` and ``anatomy_cnn.safetensors`` (:mod:`utils.artifacts`).
+.safetensors`` and ``anatomy_cnn.safetensors`` (:mod:`models.artifacts`).
 
 A bad volume (corrupt file, no image file, wrong mask width, ...) or a missing model is one error line
 naming the file; every other volume is still reconstructed, no partial output is left behind, and the
@@ -80,7 +80,7 @@ class LoadedModel:
 
     role: str  # "brain_acc4" ... or "classifier"
     model: Any  # torch.nn.Module in eval mode on the target device
-    info: Any  # utils.artifacts.ArtifactInfo
+    info: Any  # models.artifacts.ArtifactInfo
     path: str  # checkpoint tag or artifact file
 
 
@@ -133,7 +133,7 @@ class ModelBank:
 
 def make_model_bank(args: argparse.Namespace, device) -> ModelBank:
     """The :class:`ModelBank` of ``--weights result`` or ``--weights artifacts``."""
-    from utils import artifacts
+    from models import artifacts
 
     stems = {CLASSIFIER_ROLE: artifacts.CLASSIFIER_ARTIFACT}
     if args.task == CINE:  # cine_acc{R}, else the all-acceleration "cine" model

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 import reconstruct
-from utils import artifacts
+from models import artifacts
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,6 @@ into the challenge layout.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import re
@@ -505,29 +504,7 @@ def read_fastmri_file(path) -> Dict[str, object]:
     return out
 
 
-def _main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data.formats", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("check", help="validate a file, a Data tree, a folder with kspace/ and image/, a CMRxRecon or ACDC tree")
-    check.add_argument("path", nargs="+")
-    conv = sub.add_parser("convert-fastmri", help="convert fastMRI multi-coil files to the challenge layout")
-    conv.add_argument("--src", required=True, help="folder of fastMRI .h5 files")
-    conv.add_argument("--out", required=True, help="output folder (gets kspace/ and image/)")
-    conv.add_argument("--anatomy", required=True, choices=ANATOMIES)
-    conv.add_argument("--acceleration", type=int, default=4, help="acc used for the mask and baselines")
-    args = parser.parse_args(argv)
-    if args.command == "check":
-        problems: List[str] = []
-        for p in args.path:
-            problems += validate_path(p)
-        for line in problems:
-            print(line)
-        print(f"{len(problems)} problem(s) found" if problems else "all files valid", file=sys.stderr)
-        return 1 if problems else 0
-    from data.convert import convert_fastmri_folder  # entry-point-only import (needs masks, grappa)
+if __name__ == "__main__":  # python -m data.formats check|convert-fastmri: the command line is data/cli.py
+    from data.cli import main  # (it needs data.convert, which imports this module)
 
-    return convert_fastmri_folder(Path(args.src), Path(args.out), args.anatomy, args.acceleration)
-
-
-if __name__ == "__main__":
-    sys.exit(_main())
+    sys.exit(main())

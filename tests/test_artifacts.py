@@ -1,4 +1,4 @@
-"""utils/artifacts.py: export from DeepSpeed-layout checkpoints, safetensors round trip, metadata, errors."""
+"""models/artifacts.py over utils/artifacts.py: export from DeepSpeed-layout checkpoints, safetensors round trip, metadata, errors."""
 import json
 import pickle
 
@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import save_file
 
 from models import build_model
-from utils import artifacts
-from utils.artifacts import ArtifactError, export_checkpoint, find_result_checkpoint, load_artifact, read_artifact_info
+from models import artifacts
+from models.artifacts import ArtifactError, export_checkpoint, find_result_checkpoint, load_artifact, read_artifact_info
 from utils.checkpoint import MODEL_STATES
 
 

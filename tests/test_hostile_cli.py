@@ -22,8 +22,8 @@ import reconstruct
 import train
 from data.formats import read_reconstruction_file, write_image_file, write_reconstruction_file
 from models import MODEL_REGISTRY
-from utils import artifacts
-from utils.artifacts import ArtifactError, load_artifact, read_artifact_info
+from models import artifacts
+from models.artifacts import ArtifactError, load_artifact, read_artifact_info
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}

@@ -5,7 +5,7 @@ non-zero exit, the good volume beside it still written, nothing temporary or par
 The corpus is built in a temporary folder from one tiny volume (2 slices, 2 coils, 48 x 48 k-space,
 written by :func:`data.volumes.write_challenge_pair`): each case copies it, damages the copy with h5py,
 and names the bad copy ``brain_test1.h5`` so it sorts before the good ``brain_test2.h5``. The tools run
-in-process (``reconstruct.main``, ``data.formats._main``, ``data.baselines._main``) on tiny random
+in-process (``reconstruct.main``, ``data.cli.main``, ``data.baselines._main``) on tiny random
 artifacts; one subprocess runs ``python -m data.formats check`` over the whole corpus.
 """
 import errno
@@ -24,6 +24,7 @@ import torch
 import reconstruct
 from data import baselines
 from data import convert
+from data import cli
 from data import formats as F
 from data.masks import estimate_acceleration, make_mask
 from data.volumes import write_challenge_pair
@@ -204,7 +205,7 @@ def _outputs(folder: Path):
 def test_good_corpus_passes_everywhere(tmp_path, good_pair, tiny_artifacts, capsys):
     """The baseline the cases are measured against: the good volume alone passes all three tools."""
     data = _corpus(tmp_path / "lb", good_pair)
-    assert F._main(["check", str(data)]) == 0
+    assert cli.main(["check", str(data)]) == 0
     rc, out_root, cap = _run_reconstruct(data, tmp_path / "result", tiny_artifacts, capsys)
     assert rc == 0, cap.err
     assert _outputs(out_root) == [f"acc4/{GOOD}", "routing.json"]
@@ -215,7 +216,7 @@ def test_good_corpus_passes_everywhere(tmp_path, good_pair, tiny_artifacts, caps
 @pytest.mark.parametrize("case", _cases_for("check"))
 def test_check_reports_one_line(case, tmp_path, good_pair, capsys):
     data = _corpus(tmp_path / "lb", good_pair, case)
-    assert F._main(["check", str(data)]) == 1
+    assert cli.main(["check", str(data)]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1, lines
     key, words = CASES[case][2]["check"], CASES[case][3]

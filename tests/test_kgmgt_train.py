@@ -156,10 +156,10 @@ def test_recipe_resume_export_and_reconstruct(cine_root, vgg19_file, tmp_path):
     assert not torch.equal(a["net.head.weight"], s1["module"]["net.head.weight"])  # epoch 2 did train
 
     art = tmp_path / "artifacts"
-    exported = subprocess.run([sys.executable, "-m", "utils.artifacts", "export", "--checkpoint", str(run_a / "epoch-2"),
+    exported = subprocess.run([sys.executable, "-m", "models.artifacts", "export", "--checkpoint", str(run_a / "epoch-2"),
                                "--out", str(art / "cine.safetensors")], cwd=REPO, env=ENV, capture_output=True, text=True)
     assert exported.returncode == 0, exported.stderr[-2000:]
-    from utils.artifacts import load_artifact
+    from models.artifacts import load_artifact
 
     model, info = load_artifact(art / "cine.safetensors")
     assert info.model_name == "kgmgt" and all(torch.equal(model.state_dict()[k], a[k]) for k in a)

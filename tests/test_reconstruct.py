@@ -19,7 +19,7 @@ import reconstruct
 from data.formats import read_reconstruction_file, write_image_file, write_kspace_file
 from data.masks import make_mask
 from models import build_model
-from utils import artifacts
+from models import artifacts
 from utils.checkpoint import MODEL_STATES
 from utils.physics import center_crop_or_pad, fft2c, ifft2c, rss
 

@@ -81,7 +81,7 @@ def test_end_to_end_layout_and_determinism(micro, tmp_path):
     assert not list((run / "checkpoints" / "step1").glob(".*partial"))
     # --data_path_val: the leaderboard SSIM of each epoch's weights, as evaluating that checkpoint gives it
     from data.transforms import undersampled_model_input
-    from utils.artifacts import load_checkpoint_model
+    from models.artifacts import load_checkpoint_model
     from utils.inference import reconstruct_volume
     from utils.metrics import leaderboard_foreground_mask, leaderboard_ssim
 

@@ -55,7 +55,7 @@ def test_cine_recipe_chain_exports_and_reconstructs(cine_root, tmp_path):
         log = np.load(run / "loss_log" / f"step{step}" / "loss_log.npy")
         assert log.shape == (1, 2) and np.isfinite(log).all()
     art = tmp_path / "artifacts"
-    exported = subprocess.run([sys.executable, "-m", "utils.artifacts", "export", "--checkpoint",
+    exported = subprocess.run([sys.executable, "-m", "models.artifacts", "export", "--checkpoint",
                                str(run / "checkpoints" / "step3" / "epoch-3"), "--out", str(art / "cine.safetensors")],
                               cwd=REPO, env=ENV, capture_output=True, text=True)
     assert exported.returncode == 0, exported.stderr[-2000:]
