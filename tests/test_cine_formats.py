@@ -9,6 +9,7 @@ import pytest
 import scipy.io
 
 from data import cine as C
+from data import cli
 from data import formats as F
 from data import matlab as M
 
@@ -179,7 +180,7 @@ def test_cine_check_one_line(tmp_path, name, capsys):
     assert len(problems) == 1, problems
     assert problems[0].startswith(f"{set_dir / rel}: "), problems[0]
     assert words in problems[0], problems[0]
-    assert F._main(["check", str(tmp_path)]) == 1
+    assert cli.main(["check", str(tmp_path)]) == 1
     assert capsys.readouterr().out.strip() == problems[0]
 
 
@@ -304,7 +305,7 @@ def test_acdc_check_one_line(tmp_path, name):
     assert len(problems) == 1, problems
     assert problems[0].startswith(f"{patient / rel}: "), problems[0]
     assert words in problems[0], problems[0]
-    assert F._main(["check", str(tmp_path / "training")]) == 1
+    assert cli.main(["check", str(tmp_path / "training")]) == 1
 
 
 def test_acdc_testing_labels_optional(tmp_path):
