@@ -56,7 +56,8 @@ def build_parser(model_name: Optional[str]) -> argparse.ArgumentParser:
     engine_fields = {f.name for f in dataclasses.fields(EngineConfig)}
     add_dataclass_flags(run, EngineConfig, exclude=("result_path", "net_name", *(engine_fields - set(RUN_FLAGS))))
     data = parser.add_argument_group("data")
-    data.add_argument("--task", choices=("brain", "knee", "cine"), help="anatomy (reconstruction models), or cine (CMRxRecon)")
+    data.add_argument("--task", choices=("brain", "knee", "cine", "acdc"),
+                      help="anatomy (reconstruction models), cine (CMRxRecon), or acdc (TiTok-MRI codec networks on ACDC frames)")
     data.add_argument("--acceleration", type=int, nargs="+", default=None,
                       help="SNU: one R (default 4); cine: one or more R drawn per sample (default 4 8 10)")
     data.add_argument("--mask_type", choices=CHALLENGE_KINDS + FASTMRI_KINDS + CINE_FAMILIES, default=None,
@@ -73,6 +74,21 @@ def build_parser(model_name: Optional[str]) -> argparse.ArgumentParser:
     data.add_argument("--adversarial_weight", type=finite_float, default=0.0,
                       help="WGAN-GP generator weight (KGMgT: 1e-6; needs a model with a discriminator)")
     data.add_argument("--gradient_penalty_weight", type=finite_float, default=10.0, help="WGAN-GP gradient penalty weight")
+    codec = parser.add_argument_group("TiTok-MRI codec (--task acdc: --model titok | nnmamba_seg | titok_dit)")
+    codec.add_argument("--tokenizer", default=None,
+                       help="trained titok weights (artifact .safetensors or checkpoint .../stepK/epoch-N): frozen for titok_dit, "
+                            "frame size for nnmamba_seg")
+    codec.add_argument("--segmenter", default=None, help="trained nnmamba_seg weights (artifact or checkpoint), frozen, for titok_dit")
+    codec.add_argument("--frame_size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                       help="nnmamba_seg: the codec's frame size (default: the --tokenizer's image_size)")
+    codec.add_argument("--pixel_loss", choices=("l1", "l2"), default="l2", help="titok: pixel loss of stage 1")
+    codec.add_argument("--pixel_weight", type=finite_float, default=1.0, help="titok_dit: weight of the decoded-frame L1 loss")
+    codec.add_argument("--dice_weight", type=finite_float, default=None,
+                       help="titok_dit: weight of 1 - Dice of the decoded ED/ES frames' segmentation (default 0.1); "
+                            "nnmamba_seg: weight of the Dice loss beside cross-entropy (default 1.0)")
+    codec.add_argument("--volume_weight", type=finite_float, default=0.1, help="titok_dit: weight of the LV/RV area preservation term")
+    codec.add_argument("--sampler_steps", type=int, default=0,
+                       help="titok_dit: 0 = one-step estimate for the decoded-frame terms; 1..8 = decode through the sampler (step 3)")
     opt = parser.add_argument_group("optimisation")
     add_dataclass_flags(opt, EngineConfig, exclude=("result_path", "net_name", *RUN_FLAGS))
     AugmentConfig.add_argparse_args(parser.add_argument_group("MRAugment"))
@@ -102,6 +118,10 @@ def resolve_task_defaults(parser: argparse.ArgumentParser, args: argparse.Namesp
     kind and one acceleration (kept an int), cine one of the cine families and one or more R."""
     from data.cine_masks import CINE_FAMILIES
 
+    if args.task == "acdc":
+        if args.mask_type or args.acceleration:
+            parser.error("--task acdc trains on fully sampled frames: --mask_type/--acceleration do not apply")
+        return args
     if args.task == "cine":
         args.mask_type = args.mask_type or "uniform"
         if args.mask_type not in CINE_FAMILIES:
@@ -162,6 +182,57 @@ def leaderboard_validation(folder, anatomy: str, num_adj_slices: int):
     return validate
 
 
+def load_codec_part(path, expected: str):
+    """A trained network for the codec from an artifact file or a checkpoint tag, checked to be ``expected``."""
+    from models.artifacts import load_artifact, load_checkpoint_model
+
+    path = Path(path)
+    if not path.exists():
+        raise SystemExit(f"error: {path}: weights not found (--{'tokenizer' if expected == 'titok' else 'segmenter'})")
+    model, info = (load_checkpoint_model if path.is_dir() else load_artifact)(path)
+    if info.model_name != expected:
+        raise SystemExit(f"error: {path}: holds {info.model_name!r}, expected {expected!r}")
+    return model
+
+
+def acdc_training(args: argparse.Namespace, config, seed: int):
+    """``(dataset, objective)`` of a TiTok-MRI codec network on the ACDC patients under --data_path_train."""
+    from data.acdc_datasets import AcdcFrameDataset
+    from models.titok_mri import TiTokMRI, neighbour_offsets
+    from utils.objectives import CodecDiTObjective, SegmentationObjective, TokenizerObjective
+
+    roots = [args.data_path_train]
+    if args.model == "titok":
+        return AcdcFrameDataset(roots, config.image_size, "frames"), TokenizerObjective(args.pixel_loss)
+    if args.model == "nnmamba_seg":
+        if config.spatial_dims != 2 or config.num_classes != 4 or config.in_channels != 1:
+            raise SystemExit("error: --model nnmamba_seg --task acdc segments 2-D magnitude frames into 4 classes: "
+                             "use --preset acdc_demo|acdc_tiny|acdc2d (spatial_dims 2, num_classes 4, in_channels 1)")
+        size = args.frame_size or (load_codec_part(args.tokenizer, "titok").config.image_size if args.tokenizer else None)
+        if size is None:
+            raise SystemExit("error: --model nnmamba_seg --task acdc needs the codec's frame size: --frame_size H W or --tokenizer")
+        dice = 1.0 if args.dice_weight is None else args.dice_weight
+        return AcdcFrameDataset(roots, size, "labelled"), SegmentationObjective(dice)
+    if not args.tokenizer:
+        raise SystemExit("error: --model titok_dit needs the trained tokenizer: --tokenizer PATH")
+    tokenizer = load_codec_part(args.tokenizer, "titok")
+    segmenter = None
+    if config.seg_channels:
+        if not args.segmenter:
+            raise SystemExit(f"error: --model titok_dit with seg_channels {config.seg_channels} needs --segmenter PATH "
+                             f"(or --seg_channels 0 for no segmentation guidance)")
+        segmenter = load_codec_part(args.segmenter, "nnmamba_seg")
+    try:
+        conditioner = TiTokMRI(tokenizer, None, segmenter, dit_config=config)
+        dice = 0.1 if args.dice_weight is None else args.dice_weight
+        objective = CodecDiTObjective(conditioner, args.pixel_weight, dice if segmenter else 0.0,
+                                      args.volume_weight if segmenter else 0.0, args.sampler_steps, seed)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    dataset = AcdcFrameDataset(roots, config.image_size, "context", neighbour_offsets(config.num_neighbours))
+    return dataset, objective
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -169,7 +240,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from data.datasets import SliceDataset, VolumeImageDataset, collate_training
     from data.masks import MaskSampler
     from data.transforms import TrainingTransform
-    from models import CINE_MODELS, CLASSIFIERS, OTHER_MODELS, build_config, model_entry
+    from models import ACDC_MODELS, CINE_MODELS, CLASSIFIERS, OTHER_MODELS, build_config, model_entry
     from utils.engine import EngineConfig, prefer_interpreter_ninja, resume_state, shutdown_distributed, train
     from utils.objectives import ClassificationObjective, ReconstructionObjective
 
@@ -198,7 +269,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config = build_config(args.model, args.preset, **hparams)
     model_cls, _ = model_entry(args.model)
     is_classifier = args.model in CLASSIFIERS
-    if args.model in OTHER_MODELS:
+    if args.task == "acdc" and args.model not in ACDC_MODELS:
+        raise SystemExit(f"error: --task acdc trains the TiTok-MRI codec networks {list(ACDC_MODELS)}, not --model {args.model}")
+    if args.model in ACDC_MODELS and args.task != "acdc":
+        raise SystemExit(f"error: --model {args.model} trains on ACDC frames: use --task acdc")
+    if args.model in OTHER_MODELS and args.task != "acdc":
         raise SystemExit(f"error: --model {args.model} has no training objective in train.py")
 
     if not is_classifier and args.task is None:
@@ -208,7 +283,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.adversarial_weight > 0 and not getattr(config, "discriminator_width", 0):
         raise SystemExit(f"error: --adversarial_weight needs a model with a discriminator (e.g. --model kgmgt "
                          f"--discriminator_width 32); --model {args.model} has none")
-    if not is_classifier:
+    if not is_classifier and args.task != "acdc":
         try:
             recon_objective = ReconstructionObjective(args.loss, args.perceptual_weight, args.perceptual_vgg,
                                                       args.adversarial_weight, args.gradient_penalty_weight, engine_cfg.seed)
@@ -217,6 +292,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if is_classifier:
         dataset = VolumeImageDataset([args.data_path_train])
         collate_fn, objective = None, ClassificationObjective()
+    elif args.task == "acdc":
+        from data.acdc_datasets import collate_acdc
+
+        dataset, objective = acdc_training(args, config, engine_cfg.seed)
+        collate_fn = collate_acdc
     elif args.task == "cine":
         from data.cine_datasets import CineSliceDataset, CineTrainingTransform
         from data.cine_masks import CineMaskSampler
@@ -251,7 +331,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model = model_cls(config)
     # the arguments as run: flags left out carry the engine's and MRAugment's values, not None
     run_args = {**vars(args), **dataclasses.asdict(engine_cfg)}
-    if not is_classifier and args.task != "cine":
+    if not is_classifier and args.task not in ("cine", "acdc"):
         run_args.update(dataclasses.asdict(aug_cfg))
     try:
         result = train(

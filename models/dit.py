@@ -23,10 +23,10 @@ tokenizer's ``image_size``; patch ``p``, ``N = (H/p)(W/p)`` image tokens of ``wi
   attention's key mask, so absent context tokens have no influence (mid-level fusion, the SD3/PixArt
   pattern).
 * **Rectified flow**: ``x_t = t x + (1 - t) eps``, the network predicts the velocity ``x - eps``
-  (:func:`flow_pair`); :meth:`TokenDiT.sample` integrates ``dx/dt = v(x, t)`` from ``t = 0`` with Euler
+  (:func:`utils.flow.flow_pair`); :meth:`TokenDiT.sample` integrates ``dx/dt = v(x, t)`` from ``t = 0`` with Euler
   steps (``steps`` 1-8). The starting noise is one ``(C, H, W)`` image drawn from a generator seeded by
   ``noise_seed`` and shared by every frame, so decoding is deterministic, reproducible and independent of
-  how frames are batched.
+  how frames are batched (up to float rounding).
 
 Presets: ``paper`` (DiT-S-like: width 384, 12 layers, 6 heads, 256x256, patch 8), ``demo`` (64x64, patch
 4, width 192, 6 layers), ``tiny`` (48x48, patch 8, width 32, 1 layer) for tests.
@@ -42,6 +42,7 @@ from torch import nn
 
 from models.config import ModelConfig
 from models.titok_blocks import Attention, Mlp, init_linear_xavier, patchify, sincos_2d, trunc_normal_, unpatchify
+from utils.flow import flow_pair  # noqa: F401 - the training pair, re-exported
 from utils.seed import torch_generator
 
 __all__ = ["DiTConfig", "TokenDiT", "DiTBlock", "FinalLayer", "TimestepEmbedder", "flow_pair", "MAX_SAMPLE_STEPS"]
@@ -172,13 +173,6 @@ class FinalLayer(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
         return self.linear(modulate(self.norm(x), shift, scale))
-
-
-def flow_pair(x: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Rectified-flow training pair: ``x_t = t x + (1 - t) noise`` and the velocity target ``x - noise``;
-    ``t (B,)`` broadcast over the other axes."""
-    tt = t.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
-    return tt * x + (1 - tt) * noise, x - noise
 
 
 class TokenDiT(nn.Module):

@@ -24,10 +24,11 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from models.dit import TokenDiT
+from models.dit import DiTConfig, TokenDiT
 from models.titok import TiTok
 
-__all__ = ["TiTokMRI", "SEG_CLASSES", "magnitude", "neighbour_offsets", "segmenter_features", "check_codec_parts"]
+__all__ = ["TiTokMRI", "SEG_CLASSES", "CODEC_ARTIFACTS", "magnitude", "neighbour_offsets", "segmenter_features",
+           "check_codec_parts", "load_codec"]
 
 #: ACDC classes: 0 background, 1 RV, 2 myocardium, 3 LV.
 SEG_CLASSES = 4
@@ -75,7 +76,7 @@ def _segmenter_channels(segmenter: nn.Module, in_channels: int) -> Tuple[int, in
     return logits.shape[1], feats.shape[1]
 
 
-def check_codec_parts(tokenizer: TiTok, dit: Optional[TokenDiT] = None, segmenter: Optional[nn.Module] = None) -> None:
+def check_codec_parts(tokenizer: TiTok, dit_config: Optional[DiTConfig] = None, segmenter: Optional[nn.Module] = None) -> None:
     """Raise ``ValueError`` naming the first mismatch between the three networks' configurations."""
     tc = tokenizer.config
     if segmenter is not None:
@@ -87,9 +88,9 @@ def check_codec_parts(tokenizer: TiTok, dit: Optional[TokenDiT] = None, segmente
         classes, _ = _segmenter_channels(segmenter, 1)
         if classes != SEG_CLASSES:
             raise ValueError(f"segmenter: predicts {classes} classes; ACDC has {SEG_CLASSES} (bg, RV, myocardium, LV)")
-    if dit is None:
+    if dit_config is None:
         return
-    dc = dit.config
+    dc = dit_config
     for field in ("image_size", "in_channels", "token_size", "num_latent_tokens"):
         mine, theirs = getattr(dc, field), getattr(tc, field)
         if field == "image_size":
@@ -105,11 +106,17 @@ def check_codec_parts(tokenizer: TiTok, dit: Optional[TokenDiT] = None, segmente
 
 
 class TiTokMRI(nn.Module):
-    """The codec's networks together (evaluation only: every part is frozen and in evaluation mode)."""
+    """The codec's networks together, frozen and in evaluation mode.
 
-    def __init__(self, tokenizer: TiTok, dit: Optional[TokenDiT] = None, segmenter: Optional[nn.Module] = None):
+    ``dit_config`` without ``dit`` makes a *conditioner* for training a DiT of that configuration: it
+    builds the DiT's conditioning (:meth:`condition`) from the frozen tokenizer and segmenter while the
+    DiT itself trains outside it (utils.objectives.CodecDiTObjective)."""
+
+    def __init__(self, tokenizer: TiTok, dit: Optional[TokenDiT] = None, segmenter: Optional[nn.Module] = None,
+                 dit_config: Optional[DiTConfig] = None):
         super().__init__()
-        check_codec_parts(tokenizer, dit, segmenter)
+        self.dit_config = dit.config if dit is not None else dit_config
+        check_codec_parts(tokenizer, self.dit_config, segmenter)
         self.tokenizer, self.dit, self.segmenter = tokenizer, dit, segmenter
         self.requires_grad_(False)
         self.eval()
@@ -127,7 +134,7 @@ class TiTokMRI(nn.Module):
 
     @property
     def num_neighbours(self) -> int:
-        return self.dit.config.num_neighbours if self.dit is not None else 0
+        return self.dit_config.num_neighbours if self.dit_config is not None else 0
 
     def _device(self) -> torch.device:
         return next(self.tokenizer.parameters()).device
@@ -153,15 +160,16 @@ class TiTokMRI(nn.Module):
                   ed_ids: Optional[torch.Tensor] = None, es_ids: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """The DiT's conditioning (keyword arguments of :meth:`TokenDiT.forward` besides ``x_t, t``) from
         token ids: ``ids (B, K)``, ``neighbour_ids (B, A, K)``, ``ed_ids / es_ids (B, K)``."""
-        if self.dit is None:
-            raise ValueError("TiTokMRI: no DiT decoder")
+        cfg = self.dit_config
+        if cfg is None:
+            raise ValueError("TiTokMRI: no DiT decoder configuration")
         codes = self.tokenizer.codes(ids)
         cond: Dict[str, torch.Tensor] = {"frame_codes": codes}
-        if self.dit.config.stage1_input:
+        if cfg.stage1_input:
             cond["stage1"] = self.tokenizer.decode_codes(codes)
         if self.num_neighbours and neighbour_ids is not None:
             cond["neighbour_codes"] = self.tokenizer.codes(neighbour_ids)
-        if self.dit.config.seg_channels and ed_ids is not None and es_ids is not None:
+        if cfg.seg_channels and ed_ids is not None and es_ids is not None:
             stage1 = self.tokenizer.decode_ids(torch.cat([ed_ids, es_ids]))
             b = ed_ids.shape[0]
             cond["seg_features"] = self.seg_features(stage1[:b], stage1[b:])
@@ -223,3 +231,44 @@ class TiTokMRI(nn.Module):
                 cond["seg_features"] = seg[sl]
             out.append(self.dit.sample(self.tokenizer.codes(flat_ids[i:i + batch_size]), steps, seed, **cond))
         return torch.cat(out).reshape(s, t, *stage1.shape[2:]).cpu()
+
+
+# ============================================================================ weights
+
+#: File names of the codec's weights in a weights folder (artifacts/ ships small demo ones).
+CODEC_ARTIFACTS = {"tokenizer": "titok.safetensors", "decoder": "titok_dit.safetensors", "segmenter": "titok_seg.safetensors"}
+
+
+def load_codec(folder, device: torch.device | str = "cpu") -> Tuple[TiTokMRI, Dict[str, str]]:
+    """The codec of a weights folder (:data:`CODEC_ARTIFACTS`; the DiT and the segmenter are optional:
+    without a DiT frames decode with the stage-1 decoder) and the SHA-256 hashes ``{"tokenizer": …,
+    "decoder": …}`` (the decoder's over the DiT and segmenter files present). Any problem is a
+    ``ValueError`` (an :class:`~utils.artifacts.ArtifactError` for a bad file) naming the path."""
+    from pathlib import Path
+
+    from models.artifacts import load_artifact
+    from utils.io import file_sha256
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: weights folder not found (it holds {', '.join(CODEC_ARTIFACTS.values())})")
+    paths = {role: folder / name for role, name in CODEC_ARTIFACTS.items()}
+    if not paths["tokenizer"].is_file():
+        raise ValueError(f"{paths['tokenizer']}: tokenizer weights not found (train with scripts/train_titok_step1.sh "
+                         f"and export with python -m models.artifacts export)")
+    parts: Dict[str, Optional[nn.Module]] = {}
+    for role, expected in (("tokenizer", "titok"), ("decoder", "titok_dit"), ("segmenter", "nnmamba_seg")):
+        if not paths[role].is_file():
+            parts[role] = None
+            continue
+        model, info = load_artifact(paths[role], device)
+        if info.model_name != expected:
+            raise ValueError(f"{paths[role]}: holds {info.model_name!r}, expected {expected!r}")
+        parts[role] = model
+    try:
+        codec = TiTokMRI(parts["tokenizer"], parts["decoder"], parts["segmenter"])
+    except ValueError as exc:
+        raise ValueError(f"{folder}: the codec's weights do not fit together: {exc}") from None
+    present = [paths[r] for r in ("decoder", "segmenter") if parts[r] is not None]
+    hashes = {"tokenizer": file_sha256(paths["tokenizer"]), "decoder": file_sha256(present) if present else ""}
+    return codec.to(device), hashes

@@ -3,6 +3,7 @@
 #   usage: bash scripts/train_recipe.sh {brain|knee} {4|8} {1|2|3} [extra train.py flags...]
 #          bash scripts/train_recipe.sh cnn                       [extra train.py flags...]
 #          bash scripts/train_recipe.sh cine {1|2|3}              [extra train.py flags...]
+#          bash scripts/train_recipe.sh titok {1|2|3}             [extra train.py flags...]
 # Environment: DATA_ROOT (default ../Data), RESULT_ROOT (default ../result), PRESET (challenge | demo |
 # tiny: model preset and epoch budget), MODEL (default promptmr), NUM_WORKERS (default 4),
 # NUM_GPUS (>1: run under the deepspeed launcher), SEED (default 430), KEEP_CHECKPOINTS (default 1).
@@ -16,6 +17,15 @@
 # (net ${MODEL}_cine, preset cine_$PRESET), CINE_MASK masks (default uniform: the 2023 task), circular
 # neighbouring frames; step 1 lr LR1, step 2 from step 1 at LR2, step 3 from step 2 at LR3 -> 0, the
 # epochs C1/C2/C3 (the PromptMR+ reference trains 12 epochs at 2e-4 for CMRxRecon).
+# TiTok-MRI codec (ACDC, $DATA_ROOT/ACDC/training; models/titok.py, models/dit.py, scripts/codec.py):
+#   step 1  the tokenizer (net titok_tokenizer: pixel l2 + VQ loss), preset paper|demo|tiny for PRESET
+#           challenge|demo|tiny, TITOK_TOKENS=32|64|128 overrides K;
+#   step 2  the 2-D segmenter (net titok_seg, nnmamba_seg acdc2d|acdc_demo|acdc_tiny: cross-entropy + Dice on
+#           the ED/ES labels), then the DiT decoder (net titok_dit) with both frozen: flow + pixel + Dice of the
+#           decoded ED/ES frames + LV/RV area terms;
+#   step 3  the DiT fine-tuned through its few-step sampler (--sampler_steps), lower learning rate, then the
+#           three networks exported to CODEC_WEIGHTS (default $RESULT_ROOT/titok_weights) for scripts/codec.py.
+#   Extra flags go to every train.py run of the step.
 # demo/tiny shrink the epoch counts (E1/E2/E3 below) and keep the same shape of schedule; demo raises the
 # learning rates (LR1..LR3) for its small model.
 # MODEL=kgmgt (cine): KGMgT's recipe (shared/research/cine_tokenizer.md §1.4): L1 loss, Adam without weight
@@ -36,7 +46,7 @@ case "$PRESET" in
                C1=6 CP1=8 C2=10 CP2=12 C3=12 ;;
     demo)      E1=3  P1=4  E2=6  P2=7  E3=9  WARM=1 CNN_EPOCHS=3 CNN_PRESET=default LR1=1e-3 LR2=7e-4 LR3=3e-4
                C1=2 CP1=3 C2=4 CP2=5 C3=6 ;;
-    tiny)      E1=1  P1=2  E2=2  P2=3  E3=3  WARM=1 CNN_EPOCHS=1 CNN_PRESET=tiny    LR1=3e-4 LR2=2e-4 LR3=1e-4
+    tiny)      E1=1  P1=2  E2=2  P2=3  E3=3  WARM=1 CNN_EPOCHS=6 CNN_PRESET=default LR1=3e-4 LR2=2e-4 LR3=1e-4
                C1=1 CP1=2 C2=2 CP2=3 C3=3 ;;
     *) echo "error: PRESET must be challenge, demo or tiny, got '$PRESET'" >&2; exit 2 ;;
 esac
@@ -56,6 +66,45 @@ if [[ "${1:-}" == "cnn" ]]; then
     exec "${launch[@]}" --net_name anatomy_cnn --step 1 --model anatomy_cnn --preset "$CNN_PRESET" \
         --data_path_train "$DATA_ROOT/train" --num_epochs "$CNN_EPOCHS" --warmup_epochs 0 \
         --max_lr 1e-3 --min_lr 0 --gradient_accumulation_steps 1 --gradient_clipping 1.0 "${common[@]}" "$@"
+fi
+
+if [[ "${1:-}" == "titok" ]]; then
+    [[ $# -ge 2 ]] || { echo "usage: $0 titok {1|2|3} [train.py flags...]" >&2; exit 2; }
+    step="$2"; shift 2
+    # TE/SE/DE2/DE3: epochs of the tokenizer, segmenter, DiT step 2 and DiT step 3 (its last epoch); TB batch size;
+    # TW warm-up epochs; TLR/SLR/DLR/DLR3 learning rates (TiTok: AdamW 1e-4, wd 1e-4; DiT: 1e-4, no weight decay); STEPS sampler steps.
+    case "$PRESET" in
+        challenge) TP=paper SP=acdc2d    DP=paper TE=100 SE=50 DE2=100 DE3=120 TB=32 TW=1 TLR=1e-4 SLR=1e-3 DLR=1e-4 DLR3=2e-5 STEPS=4 ;;
+        demo)      TP=demo  SP=acdc_demo DP=demo  TE=60  SE=40 DE2=60  DE3=75  TB=16 TW=1 TLR=1e-3 SLR=2e-3 DLR=5e-4 DLR3=1e-4 STEPS=4 ;;
+        tiny)      TP=tiny  SP=acdc_tiny DP=tiny  TE=1   SE=1  DE2=1   DE3=2   TB=4  TW=0 TLR=1e-3 SLR=1e-3 DLR=1e-3 DLR3=1e-4 STEPS=2 ;;
+    esac
+    tok_ckpt="$RESULT_ROOT/titok_tokenizer/checkpoints/step1/epoch-$TE"
+    seg_ckpt="$RESULT_ROOT/titok_seg/checkpoints/step2/epoch-$SE"
+    dit_ckpt="$RESULT_ROOT/titok_dit/checkpoints/step2/epoch-$DE2"
+    k_flags=()
+    [[ -n "${TITOK_TOKENS:-}" ]] && k_flags=(--num_latent_tokens "$TITOK_TOKENS")
+    acdc=(--task acdc --data_path_train "$DATA_ROOT/ACDC/training" "${common[@]}" --batch_size "$TB"
+          --gradient_accumulation_steps 1 --gradient_clipping 1.0 --min_lr 0)
+    case "$step" in
+        1) exec "${launch[@]}" --net_name titok_tokenizer --step 1 --model titok --preset "$TP" "${k_flags[@]}" "${acdc[@]}" \
+               --max_lr "$TLR" --warmup_epochs "$TW" --num_epochs "$TE" "$@" ;;
+        2) "${launch[@]}" --net_name titok_seg --step 2 --model nnmamba_seg --preset "$SP" --tokenizer "$tok_ckpt" "${acdc[@]}" \
+               --max_lr "$SLR" --warmup_epochs "$TW" --num_epochs "$SE" "$@"
+           exec "${launch[@]}" --net_name titok_dit --step 2 --model titok_dit --preset "$DP" "${k_flags[@]}" \
+               --tokenizer "$tok_ckpt" --segmenter "$seg_ckpt" "${acdc[@]}" --weight_decay 0 \
+               --max_lr "$DLR" --warmup_epochs "$TW" --num_epochs "$DE2" "$@" ;;
+        3) "${launch[@]}" --net_name titok_dit --step 3 --model titok_dit --restart_from_checkpoint "$dit_ckpt" \
+               --continue_lr_scheduler false \
+               --tokenizer "$tok_ckpt" --segmenter "$seg_ckpt" "${acdc[@]}" --weight_decay 0 --sampler_steps "$STEPS" \
+               --max_lr "$DLR3" --warmup_epochs 0 --num_epochs "$DE3" --stop_epoch "$DE3" "$@"
+           weights="${CODEC_WEIGHTS:-$RESULT_ROOT/titok_weights}"
+           for pair in "titok_tokenizer/checkpoints/step1/epoch-$TE:titok" "titok_seg/checkpoints/step2/epoch-$SE:titok_seg" \
+                       "titok_dit/checkpoints/step3/epoch-$DE3:titok_dit"; do
+               "$MRI_PYTHON" -m models.artifacts export --checkpoint "$RESULT_ROOT/${pair%%:*}" --out "$weights/${pair##*:}.safetensors"
+           done ;;
+        *) echo "error: step must be 1, 2 or 3" >&2; exit 2 ;;
+    esac
+    exit 0
 fi
 
 if [[ "${1:-}" == "cine" ]]; then

@@ -734,7 +734,8 @@ def train_epoch(run: TrainingRun, epoch: int, objective: Objective, dataset: Dat
             run.iter_log.add(epoch, run.iteration, value, applied)
         bar.set_postfix(loss=f"{value:.4f}", lr=f"{applied:.2e}")
         if cfg.log_every and run.iteration % cfg.log_every == 0:
-            run.logger.log({"train/loss": value, "train/lr": applied}, step=run.iteration)
+            extra = getattr(objective, "log_values", None) or {}  # an objective's own statistics (e.g. VQ perplexity)
+            run.logger.log({"train/loss": value, "train/lr": applied, **extra}, step=run.iteration)
         if run.kill_after is not None and run.micro_steps >= run.kill_after:
             os.kill(os.getpid(), signal.SIGKILL)  # test hook: a crash mid-epoch, by construction
     if run.trace_dir is not None:

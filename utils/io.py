@@ -132,3 +132,15 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         if isinstance(exc, OSError) and not isinstance(exc, OutputError):
             raise OutputError(path, _reason(exc, tmp_path, path), exc.errno) from exc
         raise
+
+
+def file_sha256(paths) -> str:
+    """SHA-256 (hex) of the bytes of the files ``paths`` (one path or a sequence, hashed in order)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

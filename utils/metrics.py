@@ -508,3 +508,21 @@ def aggregate_ranking_scores(
     result["n_success"] = sum(g["n_success"] for g in groups.values())
     result["groups"] = groups
     return result
+
+
+# ------------------------------------------------------------------------------------------- segmentation
+
+
+def dice_scores(pred: np.ndarray, target: np.ndarray, labels: Sequence[int] = (1, 2, 3)) -> np.ndarray:
+    """Dice ``2 |P ∩ T| / (|P| + |T|)`` of integer label maps of one shape (any dimensionality, scored as
+    one volume), one float64 per entry of ``labels`` (ACDC default: 1 RV, 2 myocardium, 3 LV); NaN where
+    the structure is absent from both."""
+    pred, target = np.asarray(pred), np.asarray(target)
+    if pred.shape != target.shape:
+        raise ValueError(f"dice_scores: label maps differ in shape: {pred.shape} vs {target.shape}")
+    out = np.empty(len(labels), dtype=np.float64)
+    for i, label in enumerate(labels):
+        p, t = pred == label, target == label
+        total = np.count_nonzero(p) + np.count_nonzero(t)
+        out[i] = 2.0 * np.count_nonzero(p & t) / total if total else np.nan
+    return out

@@ -16,6 +16,9 @@
     each its own gradient and one optimizer step updates both (simultaneous updates; the released code
     alternates a critic step and a generator step). The logged loss is then the sum of both objectives.
 * :class:`ClassificationObjective` — classifiers on ``(images (B, S, H, W), labels (B,))``: cross-entropy.
+* TiTok-MRI codec on ACDC frames (``train.py --task acdc``): :class:`TokenizerObjective` (pixel + VQ loss),
+  :class:`SegmentationObjective` (cross-entropy + Dice), :class:`CodecDiTObjective` (rectified flow + pixel
+  + Dice of the decoded ED/ES frames' segmentation + cavity area preservation).
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils.flow import flow_pair
 from utils.metrics import SSIMLoss
 from utils.seed import torch_generator
 
@@ -175,3 +179,161 @@ class ClassificationObjective:
     def __call__(self, model: nn.Module, batch, device: torch.device) -> torch.Tensor:
         images, labels = batch
         return F.cross_entropy(model(images).float(), labels)
+
+
+# ============================================================================ TiTok-MRI codec (ACDC frames)
+#
+# Batches are data.acdc_datasets.AcdcSample: ``frames (B, N, C, H, W)`` normalised and placed, ``label
+# (B, H, W)`` int64 (-1 where a frame has none), ``has_label (B,)``, ``fname``, ``slice_index``, ``epoch``.
+# ``log_values`` holds the last batch's extra statistics; the engine logs them beside the loss.
+
+#: ACDC structures scored by the Dice terms: 1 RV, 2 myocardium, 3 LV.
+ACDC_STRUCTURES = (1, 2, 3)
+#: Cavities whose area the volume-preservation term keeps: 1 RV, 3 LV.
+ACDC_CAVITIES = (1, 3)
+
+
+def soft_dice_loss(logits: torch.Tensor, labels: torch.Tensor, classes=ACDC_STRUCTURES, smooth: float = 1.0) -> torch.Tensor:
+    """``1 - mean soft Dice`` over ``classes`` and samples: softmax of ``logits (B, K, H, W)`` against
+    integer ``labels (B, H, W)``; a class absent from a sample and not predicted scores 1 (``smooth``)."""
+    probs = torch.softmax(logits.float(), dim=1)
+    dims = (-2, -1)
+    scores = []
+    for c in classes:
+        p, y = probs[:, c], (labels == c).to(probs.dtype)
+        scores.append((2 * (p * y).sum(dims) + smooth) / (p.sum(dims) + y.sum(dims) + smooth))
+    return 1 - torch.stack(scores, dim=1).mean()
+
+
+def cavity_area_error(logits: torch.Tensor, labels: torch.Tensor, classes=ACDC_CAVITIES) -> torch.Tensor:
+    """Mean symmetric relative error of the soft cavity areas (pixels), ``|A - B| / (A + B + 1)`` with
+    ``A = sum p_c`` (softmax of ``logits (B, K, H, W)``) and ``B = sum 1[y = c]``, over ``classes`` and
+    samples: in [0, 1), 0 when the areas agree; per slice, so the stack's volumes follow."""
+    probs = torch.softmax(logits.float(), dim=1)
+    errors = []
+    for c in classes:
+        truth = (labels == c).to(probs.dtype).sum((-2, -1))
+        area = probs[:, c].sum((-2, -1))
+        errors.append((area - truth).abs() / (area + truth + 1))
+    return torch.stack(errors, dim=1).mean()
+
+
+def _acdc_generator(seed: int, batch) -> torch.Generator:
+    """A generator for a batch's random draws: a function of (seed, epoch, samples), so a resumed run
+    draws what the uninterrupted run drew."""
+    names = zlib.crc32("|".join(map(str, batch.fname)).encode())
+    ids = sum(int(i) * 7919 ** k for k, i in enumerate(batch.slice_index.tolist())) % 2**31
+    epoch = int(batch.epoch.reshape(-1)[0]) if batch.epoch.numel() else 0
+    return torch_generator(seed, epoch, names, ids)
+
+
+class TokenizerObjective:
+    """TiTok stage 1: ``pixel(recon, x) + quantizer loss`` on ``frames[:, 0]``; ``pixel_loss`` "l1" or "l2"
+    (mean squared error, TiTok's single-stage recipe). Logs perplexity, codebook usage and the commitment."""
+
+    def __init__(self, pixel_loss: str = "l2"):
+        if pixel_loss not in ("l1", "l2"):
+            raise ValueError(f"pixel_loss must be 'l1' or 'l2', got {pixel_loss!r}")
+        self.pixel_loss = pixel_loss
+        self.log_values: Dict[str, float] = {}
+
+    def __call__(self, model: nn.Module, batch, device: torch.device) -> torch.Tensor:
+        x = batch.frames[:, 0]
+        out = model(x)
+        recon = out.reconstruction.float()
+        pixel = F.l1_loss(recon, x) if self.pixel_loss == "l1" else F.mse_loss(recon, x)
+        self.log_values = {"train/pixel": float(pixel.detach()), "train/perplexity": float(out.perplexity),
+                           "train/codebook_usage": float(out.usage)}
+        return pixel + out.quantizer_loss
+
+
+class SegmentationObjective:
+    """The 2-D segmenter on labelled frames: ``cross-entropy + soft Dice`` (RV, myocardium, LV)."""
+
+    def __init__(self, dice_weight: float = 1.0):
+        self.dice_weight = float(dice_weight)
+        self.log_values: Dict[str, float] = {}
+
+    def __call__(self, model: nn.Module, batch, device: torch.device) -> torch.Tensor:
+        if not bool(batch.has_label.all()):
+            raise ValueError("segmentation batches must hold labelled frames only")
+        frames = batch.frames[:, 0]
+        if frames.shape[1] == 2:  # complex frames: the segmenter sees the magnitude
+            frames = torch.linalg.vector_norm(frames, dim=1, keepdim=True)
+        logits = model(frames).float()
+        ce = F.cross_entropy(logits, batch.label)
+        dice = soft_dice_loss(logits, batch.label)
+        self.log_values = {"train/ce": float(ce.detach()), "train/dice": float(1 - dice.detach())}
+        return ce + self.dice_weight * dice
+
+
+class CodecDiTObjective:
+    """TiTok-MRI stage 2 (and 3): the DiT decoder with the tokenizer and the segmenter frozen.
+
+    ``conditioner``: a frozen :class:`models.titok_mri.TiTokMRI` built with the DiT's configuration; it
+    tokenises ``frames`` (``[frame, neighbours…, ED, ES]``) and builds the DiT's conditioning. The loss is
+
+    ``||v - (x - eps)||^2 + w_pix |x_hat - x| + w_dice (1 - Dice(seg(x_hat), label)) + w_vol area error``
+
+    with ``x_t = t x + (1 - t) eps``; ``x_hat`` is the one-step estimate ``x_t + (1 - t) v`` weighted by
+    ``t`` per sample (a near-noise estimate says little), or, with ``sampler_steps > 0`` (stage 3), the
+    frame decoded exactly as the codec decodes it (Euler steps from the DiT's seeded noise, gradients
+    through every step). The Dice and area terms use the frozen segmenter on labelled (ED/ES) frames only.
+    ``eps`` and ``t`` come from a generator of (seed, epoch, samples).
+    """
+
+    def __init__(self, conditioner: nn.Module, pixel_weight: float = 1.0, dice_weight: float = 0.1,
+                 volume_weight: float = 0.1, sampler_steps: int = 0, seed: int = 0):
+        for name, value in (("pixel_weight", pixel_weight), ("dice_weight", dice_weight), ("volume_weight", volume_weight)):
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if not 0 <= int(sampler_steps) <= 8:
+            raise ValueError(f"sampler_steps must be 0 (one-step estimate) or 1..8, got {sampler_steps}")
+        self.conditioner = conditioner
+        self.pixel_weight, self.dice_weight, self.volume_weight = float(pixel_weight), float(dice_weight), float(volume_weight)
+        self.sampler_steps, self.seed = int(sampler_steps), int(seed)
+        self.log_values: Dict[str, float] = {}
+
+    def __call__(self, model: nn.Module, batch, device: torch.device) -> torch.Tensor:
+        cond_net = self.conditioner.to(device)
+        frames = batch.frames
+        b, n = frames.shape[:2]
+        a = cond_net.num_neighbours
+        if n != a + 3:
+            raise ValueError(f"DiT batches hold the frame, {a} neighbours, ED and ES ({a + 3} frames), got {n}")
+        with torch.no_grad():
+            ids = cond_net.encode(frames.reshape(b * n, *frames.shape[2:])).to(device).reshape(b, n, -1)
+            cond = cond_net.condition(ids[:, 0], ids[:, 1:1 + a] if a else None, ids[:, -2], ids[:, -1])
+        x = frames[:, 0]
+        gen = _acdc_generator(self.seed, batch)
+        eps = torch.randn(x.shape, generator=gen).to(device)
+        t = torch.rand(b, generator=gen).to(device)
+        xt, target = flow_pair(x, eps, t)
+        v = model(xt, t, **cond).float()
+        flow = F.mse_loss(v, target)
+        if self.sampler_steps:
+            x_hat = _unwrap(model).noise(b, device)
+            for i in range(self.sampler_steps):
+                step_t = torch.full((b,), i / self.sampler_steps, device=device)
+                x_hat = x_hat + model(x_hat, step_t, **cond).float() / self.sampler_steps
+            weight = torch.ones(b, device=device)
+        else:
+            x_hat = xt + (1 - t.view(-1, 1, 1, 1)) * v
+            weight = t
+        loss = flow
+        pixel = ((x_hat - x).abs().flatten(1).mean(1) * weight).sum() / weight.sum().clamp_min(1e-6)
+        loss = loss + self.pixel_weight * pixel
+        values = {"train/flow": float(flow.detach()), "train/pixel": float(pixel.detach())}
+        labelled = batch.has_label.to(torch.bool)
+        if bool(labelled.any()) and (self.dice_weight or self.volume_weight):
+            est = x_hat[labelled]
+            if est.shape[1] == 2:
+                est = torch.linalg.vector_norm(est, dim=1, keepdim=True)
+            logits = cond_net.segmenter(est).float()
+            dice = soft_dice_loss(logits, batch.label[labelled])
+            area = cavity_area_error(logits, batch.label[labelled])
+            loss = loss + self.dice_weight * dice + self.volume_weight * area
+            values.update({"train/decoded_dice": float(1 - dice.detach()), "train/area_error": float(area.detach())})
+        self.log_values = values
+        return loss
+
