@@ -3,6 +3,7 @@ reconstruct -> evaluate -> figures."""
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -16,12 +17,38 @@ def test_demo_chain_tiny(tmp_path):
     table = res.stdout[res.stdout.index("== demo leaderboard SSIM"):]
     assert "zero_filled" in table and "grappa" in table and "model" in table
     recon = tmp_path / "result" / "test_reconstruct" / "reconstructions_leaderboard"
-    routing = json.loads((recon / "routing.json").read_text())
     assert len(list(recon.glob("acc*/*.h5"))) == 4
-    assert routing  # per-volume routing was recorded
+    _assert_routing_right(json.loads((recon / "routing.json").read_text()))  # the classifier trained by the demo
     scores = json.loads((recon / "leaderboard_ssim.json").read_text())
-    assert 0 < scores["total"] <= 1
+    zero_filled = json.loads((tmp_path / "result" / "baselines" / "zero_filled" / "leaderboard_ssim.json").read_text())
+    assert 0 < scores["total"] <= 1 and 0 < zero_filled["total"] < 1
     assert len(list((tmp_path / "result" / "figures").glob("*.png"))) == 4
+    # The tiny-preset models trained for 3 epochs do not beat zero-filled yet (measured 0.78 vs 0.83); the
+    # shipped demo-preset weights on the same data must, routed by the shipped classifier.
+    shipped = tmp_path / "shipped"
+    res = subprocess.run([sys.executable, "reconstruct.py", "--path_data", str(tmp_path / "Data" / "leaderboard"),
+                          "--result_path", str(shipped), "--weights", "artifacts", "--no_progress"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = shipped / "test_reconstruct" / "reconstructions_leaderboard"
+    _assert_routing_right(json.loads((out / "routing.json").read_text()))
+    res = subprocess.run([sys.executable, "evaluate.py", "--path_leaderboard_data", str(tmp_path / "Data" / "leaderboard"),
+                          "--path_your_data", str(out), "--json", str(shipped / "scores.json"), "--no_progress"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    model = json.loads((shipped / "scores.json").read_text())
+    for key in ("acc4", "acc8", "total"):
+        assert model[key] > zero_filled[key] + 0.03, (key, model, zero_filled)
+
+
+def _assert_routing_right(routing):
+    """Every volume reconstructed, by the model of its true anatomy and acceleration (reconstruct.py routes
+    from the data only; the truth is in the file and folder names)."""
+    assert routing["failed"] == 0 and len(routing["volumes"]) == 4
+    for name, record in routing["volumes"].items():
+        folder, file = name.split("/")
+        assert record["anatomy"] == file.split("_")[0] and f"acc{record['acceleration']}" == folder, (name, record)
+        assert record["model"] == f"{record['anatomy']}_acc{record['acceleration']}"
 
 
 def test_cine_demo_with_artifacts_tiny(tmp_path):
