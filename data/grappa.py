@@ -40,6 +40,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
+from utils.contract import IMAGE_SIZE
 from utils.physics import acs_bounds, center_crop_or_pad, ifft2c, rss
 
 __all__ = ["GrappaPattern", "grappa_patterns", "grappa_reconstruct", "grappa_image"]
@@ -449,7 +450,7 @@ def _grappa_calibrated(k: torch.Tensor, masks: np.ndarray, cal: torch.Tensor, kh
     return torch.cat(chunks).permute(0, 3, 1, 2).contiguous()
 
 
-def grappa_image(kspace, mask, out_shape: Sequence[int] = (384, 384), **grappa_kwargs) -> torch.Tensor:
+def grappa_image(kspace, mask, out_shape: Sequence[int] = (IMAGE_SIZE, IMAGE_SIZE), **grappa_kwargs) -> torch.Tensor:
     """RSS image of the GRAPPA reconstruction, float32 ``(S, h, w)`` (``(h, w)`` for ``(C, H, W)`` input).
 
     Coil images ``ifft2c`` of the filled k-space are combined by root-sum-of-squares and centre-cropped
