@@ -295,6 +295,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     elif args.task == "acdc":
         from data.acdc_datasets import collate_acdc
 
+        if args.data_path_val:
+            raise SystemExit("error: --data_path_val is not supported with --task acdc: score the codec with "
+                             "python scripts/codec.py evaluate")
+
         dataset, objective = acdc_training(args, config, engine_cfg.seed)
         collate_fn = collate_acdc
     elif args.task == "cine":

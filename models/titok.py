@@ -172,8 +172,10 @@ class VectorQuantizer(nn.Module):
         return self.codebook[ids.long()]
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
-        """Ids of the nearest codes of l2-normalised ``z (..., D)`` (largest dot product, ties to the lowest id)."""
-        return torch.argmax(z @ self.codebook.t(), dim=-1)
+        """Ids of the nearest codes of l2-normalised ``z (..., D)`` (largest dot product, ties to the lowest id),
+        in float32 whatever the autocast (training and encoding pick the same codes)."""
+        with torch.autocast(z.device.type, enabled=False):
+            return torch.argmax(z.float() @ self.codebook.t(), dim=-1)
 
     def forward(self, z: torch.Tensor) -> Dict[str, torch.Tensor]:
         with torch.autocast(z.device.type, enabled=False):

@@ -214,11 +214,13 @@ def segment_frames(codec: TiTokMRI, frames: np.ndarray, scale: float, image_size
 
 
 def clinical_errors(pred_ed, pred_es, true_ed, true_es, spacing) -> Dict[str, float]:
-    """Absolute errors of the LV/RV volumes (mL) and ejection fractions (percentage points)."""
+    """LV/RV end-diastolic and end-systolic volumes (mL) and ejection fractions (%) of the predicted and
+    the true label maps (``*_decoded``, ``*_true``) and their absolute differences (``*_error``)."""
     pred, true = ejection_fraction(pred_ed, pred_es, spacing), ejection_fraction(true_ed, true_es, spacing)
     keys = ("lv_edv_ml", "lv_esv_ml", "rv_edv_ml", "rv_esv_ml", "lv_ef", "rv_ef")
     out = {f"{k}_error": abs(pred[k] - true[k]) for k in keys}
     out.update({f"{k}_true": true[k] for k in keys})
+    out.update({f"{k}_decoded": pred[k] for k in keys})
     return out
 
 

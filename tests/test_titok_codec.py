@@ -205,6 +205,7 @@ def _train_main_fails(capsys, argv):
     (["--model", "titok_dit", "--preset", "tiny", "--task", "acdc"], "needs the trained tokenizer: --tokenizer PATH"),
     (["--model", "nnmamba_seg", "--preset", "tiny", "--task", "acdc"], "use --preset acdc_demo|acdc_tiny|acdc2d"),
     (["--model", "titok", "--task", "acdc", "--acceleration", "4"], "--mask_type/--acceleration do not apply"),
+    (["--model", "titok", "--preset", "tiny", "--task", "acdc", "--data_path_val", "x"], "not supported with --task acdc"),
 ])
 def test_train_acdc_flag_checks(capsys, tmp_path, tiny_cine, extra, words):
     argv = ["--net_name", "n", "--result_path", str(tmp_path), "--data_path_train", str(tiny_cine / "ACDC"), *extra]
