@@ -170,3 +170,20 @@ def test_bad_checkpoints(tmp_path, capsys):
 
 def read_info_stub():
     return artifacts.ArtifactInfo("varnet", build_model("varnet", "tiny").config.to_dict(), "here")
+
+
+def test_documented_module_commands_keep_working():
+    """`python -m utils.artifacts ...` (the command the README and earlier notes give) and
+    `python -m models.artifacts ...` are the same command line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    outputs = []
+    for module in ("utils.artifacts", "models.artifacts"):
+        res = subprocess.run([sys.executable, "-m", module, "info", "artifacts/cine.safetensors"], cwd=repo,
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr[-2000:]
+        outputs.append(res.stdout.strip().splitlines()[-1])
+    assert outputs[0] == outputs[1] and "cine, every acceleration" in outputs[0]

@@ -247,3 +247,11 @@ def find_result_checkpoint(result_path, net_name: str) -> Path:
             return tag
     raise ArtifactError(f"{ckpt_dir}/step{{k}}/epoch-{{n}}/{MODEL_STATES}: no checkpoint found for net {net_name!r} "
                         f"(train it with scripts/train_*.sh, or use --weights artifacts)")
+
+
+if __name__ == "__main__":  # `python -m utils.artifacts export|export-result|info` keeps working: the CLI is models.artifacts
+    import sys
+
+    from models.artifacts import main
+
+    sys.exit(main())
