@@ -19,28 +19,9 @@ if [[ "${1:-}" == --cine ]]; then
 fi
 DATA_ROOT="${DATA_ROOT:-$REPO/demo/Data}"
 RESULT_ROOT="${RESULT_ROOT:-$REPO/demo/result}"
-source "$REPO/scripts/common.sh"
-DEMO_PRESET="${DEMO_PRESET:-demo}"
-[[ "$DEMO_PRESET" == demo || "$DEMO_PRESET" == tiny ]] || { echo "error: DEMO_PRESET must be demo or tiny" >&2; exit 2; }
-export DATA_ROOT RESULT_ROOT PRESET="$DEMO_PRESET"
-SEED="${SEED:-430}"
-PY="$MRI_PYTHON"
-mode=train
-case "${1:-}" in
-    "") ;;
-    --use-artifacts) mode=artifacts ;;
-    --baselines-only) mode=baselines ;;
-    *) echo "usage: bash scripts/demo.sh [--cine] [--use-artifacts | --baselines-only]" >&2; exit 2 ;;
-esac
-
-stamp="$DATA_ROOT/.simulated"
-if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$DEMO_PRESET seed=$SEED" ]]; then
-    echo "== simulate: $DEMO_PRESET preset, seed $SEED -> $DATA_ROOT"
-    "$PY" -m data.simulate --out "$DATA_ROOT" --preset "$DEMO_PRESET" --seed "$SEED" --no-progress
-    echo "$DEMO_PRESET seed=$SEED" > "$stamp"
-else
-    echo "== simulate: $DATA_ROOT already holds the $DEMO_PRESET data (seed $SEED)"
-fi
+DEMO_USAGE="bash scripts/demo.sh [--cine] [--use-artifacts | --baselines-only]"
+source "$REPO/scripts/demo_common.sh"
+simulate_once simulate .simulated data.simulate
 "$PY" -m data.formats check "$DATA_ROOT"
 
 score() {  # score NAME RECON_DIR [extra evaluate.py flags]: evaluate and keep "acc4 acc8 total"

@@ -8,28 +8,9 @@
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DATA_ROOT="${DATA_ROOT:-$REPO/demo/CineData}"
 RESULT_ROOT="${RESULT_ROOT:-$REPO/demo/cine_result}"
-source "$REPO/scripts/common.sh"
-DEMO_PRESET="${DEMO_PRESET:-demo}"
-[[ "$DEMO_PRESET" == demo || "$DEMO_PRESET" == tiny ]] || { echo "error: DEMO_PRESET must be demo or tiny" >&2; exit 2; }
-export DATA_ROOT RESULT_ROOT PRESET="$DEMO_PRESET"
-SEED="${SEED:-430}"
-PY="$MRI_PYTHON"
-mode=train
-case "${1:-}" in
-    "") ;;
-    --use-artifacts) mode=artifacts ;;
-    --baselines-only) mode=baselines ;;
-    *) echo "usage: bash scripts/demo.sh --cine [--use-artifacts | --baselines-only]" >&2; exit 2 ;;
-esac
-
-stamp="$DATA_ROOT/.simulated_cine"
-if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$DEMO_PRESET seed=$SEED" ]]; then
-    echo "== simulate cine: $DEMO_PRESET preset, seed $SEED -> $DATA_ROOT"
-    "$PY" -m data.simulate_cine --out "$DATA_ROOT" --preset "$DEMO_PRESET" --seed "$SEED" --threads 1 --no-progress
-    echo "$DEMO_PRESET seed=$SEED" > "$stamp"
-else
-    echo "== simulate cine: $DATA_ROOT already holds the $DEMO_PRESET data (seed $SEED)"
-fi
+DEMO_USAGE="bash scripts/demo.sh --cine [--use-artifacts | --baselines-only]"
+source "$REPO/scripts/demo_common.sh"
+simulate_once "simulate cine" .simulated_cine data.simulate_cine --threads 1
 val="$DATA_ROOT/CMRxRecon/MultiCoil/Cine/ValidationSet"
 "$PY" -m data.formats check "$DATA_ROOT/CMRxRecon"
 

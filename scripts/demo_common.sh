@@ -1,0 +1,29 @@
+# Shared preamble of demo.sh and demo_cine.sh (sourced, not run). Before sourcing, set REPO, the default
+# DATA_ROOT/RESULT_ROOT and DEMO_USAGE; pass the script's arguments. Sets DEMO_PRESET (demo | tiny),
+# PRESET, SEED (default 430), PY and mode (train | artifacts | baselines), and simulate_once.
+source "$REPO/scripts/common.sh"
+DEMO_PRESET="${DEMO_PRESET:-demo}"
+[[ "$DEMO_PRESET" == demo || "$DEMO_PRESET" == tiny ]] || { echo "error: DEMO_PRESET must be demo or tiny" >&2; exit 2; }
+export DATA_ROOT RESULT_ROOT PRESET="$DEMO_PRESET"
+SEED="${SEED:-430}"
+PY="$MRI_PYTHON"
+mode=train
+case "${1:-}" in
+    "") ;;
+    --use-artifacts) mode=artifacts ;;
+    --baselines-only) mode=baselines ;;
+    *) echo "usage: $DEMO_USAGE" >&2; exit 2 ;;
+esac
+
+# simulate_once LABEL STAMP_NAME MODULE [extra flags]: run `python -m MODULE` into DATA_ROOT unless the stamp
+# says the same preset and seed are already there.
+simulate_once() {
+    local label="$1" stamp="$DATA_ROOT/$2" module="$3"; shift 3
+    if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$DEMO_PRESET seed=$SEED" ]]; then
+        echo "== $label: $DEMO_PRESET preset, seed $SEED -> $DATA_ROOT"
+        "$PY" -m "$module" --out "$DATA_ROOT" --preset "$DEMO_PRESET" --seed "$SEED" --no-progress "$@"
+        echo "$DEMO_PRESET seed=$SEED" > "$stamp"
+    else
+        echo "== $label: $DATA_ROOT already holds the $DEMO_PRESET data (seed $SEED)"
+    fi
+}
