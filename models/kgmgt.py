@@ -79,6 +79,7 @@ from models.kgmgt_blocks import (
     upscale_flow,
 )
 from utils import physics
+from utils.checkpoint import load_weights_file
 
 __all__ = ["KGMgTConfig", "KGMgT", "RestorationNetwork", "coil_sensitivities", "load_extractor_weights"]
 
@@ -353,21 +354,7 @@ def load_extractor_weights(extractor: nn.Module, path) -> None:
     optionally under ``extractor.`` or ``module.``) or the released code's ``feature_extraction_image1.model.``
     / ``feature_extraction_image2_1.model.`` names. Any problem is one ``ValueError`` naming the file."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: pretrained extractor file not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable or unsafe file is one line
-        raise ValueError(f"{path}: cannot read pretrained extractor weights ({' '.join(str(exc).split())[:200]})") from None
-    if isinstance(state, dict) and isinstance(state.get("params"), dict):  # BasicSR-style {"params": state_dict}
-        state = state["params"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: not a state dict of tensors")
+    state = load_weights_file(path, "pretrained extractor weights")
     mapped = {}
     for key, value in state.items():
         for prefix in ("module.", "extractor."):

@@ -126,6 +126,29 @@ def safe_torch_load(path, map_location: Any = "cpu") -> Any:
         raise CheckpointError(f"{path}: cannot be read safely ({_one_line(exc)})") from None
 
 
+def load_weights_file(path, what: str = "weights") -> Dict[str, torch.Tensor]:
+    """A local state dict of tensors for pretrained parts (a VGG, an extractor): ``.safetensors`` or a
+    torch file read with :func:`safe_torch_load` (a BasicSR-style ``{"params": state_dict}`` is unwrapped).
+    Any problem (missing, unreadable, unsafe, not tensors) is one ``ValueError`` naming the file and ``what``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: {what} file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = safe_torch_load(path)
+    except Exception as exc:  # noqa: BLE001 - unreadable, truncated or unsafe: one line
+        raise ValueError(f"{path}: cannot read {what} ({' '.join(str(exc).split())[:200]})") from None
+    if isinstance(state, dict) and isinstance(state.get("params"), dict):
+        state = state["params"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: {what}: not a state dict of tensors")
+    return state
+
+
 def load_model_states(path, map_location: str = "cpu") -> Dict[str, Any]:
     """The ``mp_rank_00_model_states.pt`` dict of a tag: ``module`` (state dict) plus client state."""
     path = check_checkpoint(path)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils.checkpoint import load_weights_file
 from utils.flow import flow_pair
 from utils.metrics import SSIMLoss
 from utils.seed import torch_generator
@@ -63,19 +64,7 @@ class VGG19Features(nn.Module):
         self.eval()
 
     def _load(self, path: Path) -> None:
-        if not path.is_file():
-            raise ValueError(f"{path}: VGG19 weights file not found (--perceptual_vgg)")
-        try:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
-                state = load_file(str(path))
-            else:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - unreadable, truncated or unsafe: one line
-            raise ValueError(f"{path}: cannot read VGG19 weights ({' '.join(str(exc).split())[:200]})") from None
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise ValueError(f"{path}: not a state dict of tensors")
+        state = load_weights_file(path, "VGG19 weights")  # --perceptual_vgg
         own = self.state_dict()
         missing = sorted(set(own) - set(state))
         if missing:
