@@ -4,12 +4,14 @@
 #   train PromptMR+ cine through scripts/train_cine_step{1,2,3}.sh (PRESET=demo) or take artifacts/cine.safetensors
 #   -> reconstruct.py --task cine -> evaluate.py --task cine (2025 protocol) -> figures (PNG strips, GIF).
 # Honours DATA_ROOT and RESULT_ROOT (defaults demo/CineData and demo/cine_result inside the checkout), SEED
-# (default 430) and DEMO_PRESET (demo, or tiny for the tests).
+# (default 430), DEMO_PRESET (demo, or tiny for the tests) and MODEL (promptmr, default, or kgmgt: the cine
+# network the recipe trains and reconstruct.py reads as <MODEL>_cine).
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DATA_ROOT="${DATA_ROOT:-$REPO/demo/CineData}"
 RESULT_ROOT="${RESULT_ROOT:-$REPO/demo/cine_result}"
 DEMO_USAGE="bash scripts/demo.sh --cine [--use-artifacts | --baselines-only]"
 source "$REPO/scripts/demo_common.sh"
+export MODEL="${MODEL:-promptmr}"
 simulate_once "simulate cine" .simulated_cine data.simulate_cine --threads 1
 val="$DATA_ROOT/CMRxRecon/MultiCoil/Cine/ValidationSet"
 "$PY" -m data.formats check "$DATA_ROOT/CMRxRecon"
@@ -41,14 +43,14 @@ done
 
 if [[ "$mode" != baselines ]]; then
     if [[ "$mode" == train ]]; then
-        echo "== train PromptMR+ cine (PRESET=$PRESET) through scripts/train_cine_step{1,2,3}.sh"
+        echo "== train $MODEL cine (PRESET=$PRESET) through scripts/train_cine_step{1,2,3}.sh"
         export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" NUM_WORKERS="${NUM_WORKERS:-1}"
         logs="$RESULT_ROOT/demo_logs"; mkdir -p "$logs"
         for s in 1 2 3; do
             bash "scripts/train_cine_step$s.sh" > "$logs/cine_step$s.log" 2>&1 || { echo "training failed: see $logs/cine_step$s.log" >&2; exit 1; }
         done
         grep -ho "\[train\] [^ ]* step[0-9] epoch=.*" "$logs"/cine_step*.log || true
-        weights=(--weights result)
+        weights=(--weights result --net_prefix "$MODEL")
     else
         weights=(--weights artifacts)
     fi
