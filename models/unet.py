@@ -16,41 +16,110 @@ the convention). Padding follows fastMRI: each axis is zero-padded to the next m
 (``((n - 1) | 15) + 1``, the extra pixel after), and a U-Net level whose upsampled map is one pixel short
 of its skip is reflect-padded at the bottom/right.
 
+InstanceNorm + LeakyReLU run as one fused step (:class:`InstanceNormLeakyReLU`): on CPU a hand-written
+autograd function that keeps only its output (which the next convolution keeps anyway) and the per-channel
+1/std, and recovers the normalised input from it in the backward pass; elsewhere the native batch-norm
+kernel on the ``(1, N*C, H, W)`` view (exactly what ``F.instance_norm`` computes) followed by an in-place
+LeakyReLU. On CPU in float32 the U-Net runs in channels-last layout (oneDNN's direct convolutions, about
+2x faster than NCHW at the top levels); its output is returned contiguous.
+
 All FFT and coil operations come from :mod:`utils.physics`.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from collections import OrderedDict
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from utils import physics
 
-__all__ = ["ConvBlock", "UpBlock", "Unet", "NormUnet", "SensitivityNet"]
+__all__ = ["InstanceNormLeakyReLU", "ConvBlock", "UpBlock", "Unet", "NormUnet", "SensitivityNet"]
 
 # Added to the variance before the square root: keeps all-zero inputs finite (value and gradient)
 # while being negligible against MRI data (k-space/image std >= 1e-8 in every dataset we know).
 _VAR_EPS = 1e-20
 
 
+class _InstanceNormLeakyReLUFn(torch.autograd.Function):
+    """``leaky_relu(instance_norm(x), slope)`` for ``x`` ``(N, C, H, W)`` (any memory layout), biased variance.
+
+    Saves only the output ``y`` and ``rstd = 1/sqrt(var + eps)`` ``(N, C, 1, 1)``; the backward pass recovers
+    ``xhat = y`` where ``y > 0`` and ``y / slope`` elsewhere (``slope > 0``) and returns
+    ``rstd * (g - mean(g) - xhat * mean(g * xhat))`` with ``g`` the gradient through the LeakyReLU.
+    Two-pass statistics (mean, then the mean square of ``x - mean``), as the native batch-norm kernel.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, slope: float, eps: float) -> torch.Tensor:
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        y = x - mean
+        rstd = y.square().mean(dim=(2, 3), keepdim=True).add_(eps).rsqrt_()
+        y = F.leaky_relu_(y.mul_(rstd), slope)
+        ctx.slope = slope
+        ctx.save_for_backward(y, rstd)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        y, rstd = ctx.saved_tensors
+        slope = ctx.slope
+        g = torch.ops.aten.leaky_relu_backward(grad, y, slope, True)
+        xhat = F.leaky_relu(y, 1.0 / slope)
+        mean_g = g.mean(dim=(2, 3), keepdim=True)
+        mean_gx = (g * xhat).mean(dim=(2, 3), keepdim=True)
+        return torch.addcmul(g.sub_(mean_g), xhat, mean_gx.neg_()).mul_(rstd), None, None
+
+
+class InstanceNormLeakyReLU(nn.Module):
+    """``LeakyReLU(negative_slope)(InstanceNorm2d(affine=False, eps)(x))`` in one step, ``(N, C, H, W)``.
+
+    ``fused``: ``None`` (default) picks the hand-written autograd function on CPU (saves one tensor per layer
+    and the native CPU kernels' channels-last slowness) and the native batch-norm kernel + in-place LeakyReLU
+    elsewhere; ``True``/``False`` force one of them. Both agree with the unfused modules to rounding; the
+    native path is bit-identical to ``nn.InstanceNorm2d`` + ``nn.LeakyReLU`` (values and gradients).
+    """
+
+    def __init__(self, negative_slope: float = 0.2, eps: float = 1e-5, fused: Optional[bool] = None):
+        super().__init__()
+        if negative_slope <= 0:
+            raise ValueError(f"InstanceNormLeakyReLU: negative_slope must be > 0, got {negative_slope}")
+        self.negative_slope = negative_slope
+        self.eps = eps
+        self.fused = fused
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fused = self.fused if self.fused is not None else x.device.type == "cpu"
+        if fused:
+            return _InstanceNormLeakyReLUFn.apply(x, self.negative_slope, self.eps)
+        n, c, h, w = x.shape
+        y = F.batch_norm(x.reshape(1, n * c, h, w), None, None, training=True, momentum=0.0, eps=self.eps)
+        return F.leaky_relu_(y, self.negative_slope).view(n, c, h, w)  # y is no view: in place is free
+
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}, eps={self.eps}, fused={self.fused}"
+
+
 class ConvBlock(nn.Sequential):
     """Two ``[3x3 conv (no bias) -> InstanceNorm -> LeakyReLU(0.2) -> Dropout2d]`` layers.
 
-    ``(N, in_chans, H, W) -> (N, out_chans, H, W)``.
+    ``(N, in_chans, H, W) -> (N, out_chans, H, W)``. Modules ``0``/``4`` are the convolutions, ``1``/``5``
+    the fused :class:`InstanceNormLeakyReLU`, ``3``/``7`` the dropouts (parameter names as before the fusion).
     """
 
     def __init__(self, in_chans: int, out_chans: int, drop_prob: float = 0.0):
         layers = []
-        for c_in in (in_chans, out_chans):
+        for i, c_in in enumerate((in_chans, out_chans)):
             layers += [
-                nn.Conv2d(c_in, out_chans, kernel_size=3, padding=1, bias=False),
-                nn.InstanceNorm2d(out_chans),
-                nn.LeakyReLU(0.2),
-                nn.Dropout2d(drop_prob),
+                (str(4 * i), nn.Conv2d(c_in, out_chans, kernel_size=3, padding=1, bias=False)),
+                (str(4 * i + 1), InstanceNormLeakyReLU(0.2)),
+                (str(4 * i + 3), nn.Dropout2d(drop_prob)),
             ]
-        super().__init__(*layers)
+        super().__init__(OrderedDict(layers))
 
 
 class UpBlock(nn.Sequential):
@@ -59,9 +128,13 @@ class UpBlock(nn.Sequential):
     def __init__(self, in_chans: int, out_chans: int):
         super().__init__(
             nn.ConvTranspose2d(in_chans, out_chans, kernel_size=2, stride=2, bias=False),
-            nn.InstanceNorm2d(out_chans),
-            nn.LeakyReLU(0.2),
+            InstanceNormLeakyReLU(0.2),
         )
+
+
+def _use_channels_last(x: torch.Tensor) -> bool:
+    """Channels-last pays on CPU float32 (oneDNN direct kernels); float64 and CUDA keep NCHW."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and torch.backends.mkldnn.is_available()
 
 
 def _match_size(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -97,6 +170,9 @@ class Unet(nn.Module):
         self.head = nn.Conv2d(widths[0], out_chans, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels_last = _use_channels_last(x)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         skips = []
         for block in self.encoder:
             x = block(x)
@@ -107,7 +183,8 @@ class Unet(nn.Module):
             skip = skips.pop()
             x = _match_size(up(x), skip)
             x = block(torch.cat([x, skip], dim=1))
-        return self.head(x)
+        x = self.head(x)
+        return x.contiguous() if channels_last else x
 
 
 FASTMRI_PAD_MULTIPLE = 16  # fastMRI's NormUnet.pad: ((n - 1) | 15) + 1
