@@ -9,7 +9,7 @@ SNU (the default, ``--task snu``):
 
 ``DIR`` holds ``acc4/image/*.h5`` and ``acc8/image/*.h5`` (keys ``image_label``, attr ``max``);
 ``OUT`` holds ``acc4/{name}.h5`` and ``acc8/{name}.h5`` with the reconstruction under ``--output_key``.
-Every slice of every volume is scored with :func:`utils.metrics.leaderboard_ssim` on the anatomy's
+Every slice of every volume is scored with :func:`utils.leaderboard.leaderboard_ssim` on the anatomy's
 foreground mask (anatomy from the file name); an acceleration's SSIM is the mean over all its slices
 and ``Total = (acc4 + acc8) / 2`` (only when both folders exist). PSNR and NMSE are computed per volume
 on the same masked images and averaged over volumes. A missing reconstruction file, a missing key, a
@@ -41,27 +41,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import cv2
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from data.formats import FormatError, anatomy_from_name, read_image_file, read_reconstruction_file
 from utils.io import OutputError, atomic_path, prepare_output_dir, prepare_output_file
-from utils.metrics import (
-    CINE_PROTOCOLS,
-    RANKING_FRAMES,
-    SWAPPED_PROTOCOLS,
-    aggregate_ranking_scores,
-    cine_ranking_metrics,
-    file_scores,
-    leaderboard_foreground_mask,
-    leaderboard_ssim,
-    nmse,
-    psnr,
-    ranking_slices,
-    run4ranking,
-)
-from utils.physics import ifft2c
+# The SNU path needs numpy, OpenCV and h5py only: torch and the cine metric (utils.metrics,
+# utils.physics) are imported by the cine functions that use them, so scoring a leaderboard does not
+# spend seconds importing torch.
+from utils.leaderboard import leaderboard_foreground_mask, leaderboard_ssim, leaderboard_volume_scores
 
 ACCELERATIONS = ("acc4", "acc8")
 LABEL_KEY = "image_label"
@@ -94,14 +83,7 @@ def score_volume(label_file: Path, recon_file: Path, output_key: str) -> Dict[st
     if recon.shape != target.shape:
         raise FormatError(recon_file, output_key, f"shape {recon.shape} differs from {LABEL_KEY} {target.shape} of {label_file}")
     mask = leaderboard_foreground_mask(target, anatomy_from_name(label_file))
-    slices = leaderboard_ssim(recon, target, data_range, mask=mask)
-    recon_m, target_m = recon * mask, target * mask
-    return {
-        "ssim_slices": slices,
-        "psnr": psnr(recon_m, target_m, data_range),
-        "nmse": nmse(recon_m, target_m),
-        "slices": int(target.shape[0]),
-    }
+    return {**leaderboard_volume_scores(recon, target, data_range, mask), "slices": int(target.shape[0])}
 
 
 def _missing_files(pairs: Dict[str, List[Tuple[Path, Path]]]) -> List[str]:
@@ -157,12 +139,26 @@ def _try_score(label: Path, recon: Path, output_key: str):
 def _single_threaded_torch():
     """Volumes run in parallel threads, each op on one thread: no OpenMP barriers, which stall
     badly when the cores are shared with other processes."""
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def _single_threaded_cv2():
+    """OpenCV's own thread pool off while volumes run in parallel threads (the leaderboard path uses
+    no torch at all, so it starts no OpenMP thread either)."""
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
 
 
 def default_workers() -> int:
@@ -194,8 +190,12 @@ def evaluate_leaderboard(
         return None, problems
     jobs = [(f"{acc}/{label.stem}", label, recon) for acc, v in pairs.items() for label, recon in v]
     volumes: Dict[str, Dict[str, object]] = {}
-    with _single_threaded_torch(), ThreadPoolExecutor(workers or default_workers()) as pool:
-        outcomes = pool.map(lambda job: _try_score(job[1], job[2], output_key), jobs)
+    workers = workers or default_workers()
+    # one worker: no thread at all (as evaluate_cine)
+    pool = ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext()
+    with _single_threaded_cv2(), pool:
+        mapper = pool.map if workers > 1 else map
+        outcomes = mapper(lambda job: _try_score(job[1], job[2], output_key), jobs)
         for (name, _, _), (scores, problem) in tqdm(
             zip(jobs, outcomes), total=len(jobs), desc="evaluate", unit="vol", disable=not progress, file=sys.stderr
         ):
@@ -281,7 +281,11 @@ def cine_target(gt_file: Path) -> np.ndarray:
     dtype and declared size checked first) -> only frames 1-3 and the ranking slices read ->
     :func:`utils.physics.ifft2c` -> :func:`utils.metrics.run4ranking` (RSS, crop): float32
     ``(3, n, round(ky/2), round(kx/3))``. Raises :class:`FormatError`."""
+    import torch
+
     from data.cine import FULL_KEY, open_cine_kspace  # lazy: the SNU path never needs the cine readers
+    from utils.metrics import RANKING_FRAMES, ranking_slices, run4ranking
+    from utils.physics import ifft2c
 
     with open_cine_kspace(gt_file, FULL_KEY) as var:
         if var.shape[0] < RANKING_FRAMES:
@@ -321,6 +325,8 @@ def read_cine_submission(path: Path, shape: Tuple[int, ...]) -> np.ndarray:
 def _score_cine_subject(gt_file: Path, submissions: Sequence[Tuple[str, Path]], protocol: str, swap: Optional[bool]):
     """Score the submissions of one (subject, view), every sampling scenario, against one ground truth
     (read and transformed once). Returns ``[(name, scores or None, problem or None)]``."""
+    from utils.metrics import cine_ranking_metrics, file_scores
+
     try:
         target = cine_target(gt_file)
     except FormatError as exc:
@@ -365,6 +371,7 @@ def evaluate_cine(
     ``{"AccFactor04/P001/cine_sax": {"group", "psnr", "ssim", "nmse", "images"} or {"group", "error"}}``.
     """
     from data.cine import list_cine_cases
+    from utils.metrics import SWAPPED_PROTOCOLS, aggregate_ranking_scores
 
     gt_set, submission = Path(gt_set), Path(submission)
     cases = list_cine_cases(gt_set)
@@ -423,6 +430,7 @@ def parse_cine_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Flags of ``--task cine``, checked before any file is read (``parser.error``: exit status 2)."""
     from data.cine import find_cine_sets, is_cine_set, list_cine_cases
     from utils.io import OutputError, prepare_output_file
+    from utils.metrics import CINE_PROTOCOLS
 
     parser = argparse.ArgumentParser(
         prog="evaluate.py --task cine",

@@ -6,7 +6,8 @@ Builds ``acc4`` and ``acc8`` with ``--volumes`` files each (half brain, half kne
 smooth synthetic slices (label file: ``image_label`` + attr ``max``; reconstruction: label plus
 noise) in a temporary folder, then times :func:`evaluate.evaluate_leaderboard` (file creation is not
 timed; files are in the page cache) and, on one volume, its stages. Prints a table of seconds and
-slices per second; process CPU time is the figure to trust on a shared machine.
+slices per second; process CPU time is the figure to trust on a shared machine. The comparison with
+the plain scikit-image loop, both as whole processes, is ``bench_evaluate_peer.py``.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import numpy as np
 
 import evaluate
 from data.formats import read_image_file, read_reconstruction_file, write_reconstruction_file
-from utils.metrics import leaderboard_foreground_mask, leaderboard_ssim, nmse, psnr
+from utils.leaderboard import leaderboard_foreground_mask, leaderboard_ssim, leaderboard_volume_scores
 
 
 def _smooth_slices(rng: np.random.Generator, count: int, size: int) -> np.ndarray:
@@ -87,10 +88,10 @@ def main() -> int:
         stages = {
             "read label + recon": lambda: (read_image_file(label_file, keys=["image_label"]), read_reconstruction_file(recon_file)),
             "foreground mask (cv2)": lambda: leaderboard_foreground_mask(label, "brain"),
-            "SSIM (float64 torch)": lambda: leaderboard_ssim(recon, label, dr, mask=mask),
-            "PSNR + NMSE": lambda: (psnr(recon * mask, label * mask, dr), nmse(recon * mask, label * mask)),
+            "SSIM (OpenCV float64 sums)": lambda: leaderboard_ssim(recon, label, dr, mask=mask),
+            "SSIM + PSNR + NMSE": lambda: leaderboard_volume_scores(recon, label, dr, mask),
         }
-        with evaluate._single_threaded_torch():  # as inside evaluate_leaderboard
+        with evaluate._single_threaded_cv2():  # as inside evaluate_leaderboard
             stage_s = {k: _time(f) for k, f in stages.items()}
 
     n_slices = 2 * args.volumes * args.slices

@@ -231,3 +231,10 @@ def test_result_does_not_depend_on_worker_count(board, tmp_path):
     one, problems = evaluate.evaluate_leaderboard(lb, tmp_path / "out", progress=False, workers=1)
     three, _ = evaluate.evaluate_leaderboard(lb, tmp_path / "out", progress=False, workers=3)
     assert problems == [] and one == three
+
+
+def test_leaderboard_path_starts_without_torch():
+    """Scoring a leaderboard imports numpy/OpenCV/h5py only: no seconds spent importing torch, no OpenMP pool."""
+    code = "import sys, evaluate; assert 'torch' not in sys.modules, 'evaluate imports torch'; print('ok')"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

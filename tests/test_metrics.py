@@ -111,9 +111,9 @@ def test_scalar_and_per_slice_data_range_agree():
 
 def test_chunking_does_not_change_scores():
     rng = np.random.default_rng(5)
-    t = _smooth_volume(rng, (5, 16, 16))
-    r = t + rng.normal(0, 1e-4, t.shape)
-    np.testing.assert_array_equal(leaderboard_ssim(r, t, 1e-3, chunk=2), leaderboard_ssim(r, t, 1e-3, chunk=16))
+    t = torch.from_numpy(_smooth_volume(rng, (5, 16, 16)))
+    r = t + torch.from_numpy(rng.normal(0, 1e-4, t.shape))
+    torch.testing.assert_close(leaderboard_ssim(r, t, 1e-3, chunk=2), leaderboard_ssim(r, t, 1e-3, chunk=16), rtol=0, atol=0)
 
 
 def test_ssim_map_shape_and_errors():
@@ -182,11 +182,22 @@ def test_cv2_iterations_equal_repeated_calls_and_scipy_morphology():
         np.testing.assert_array_equal(sp, ref.astype(bool))
 
 
-def test_mask_channel_chunks_match(monkeypatch):
-    t = _blobby_label(np.random.default_rng(8), shape=(5, 40, 40))
-    full = leaderboard_foreground_mask(t, "brain")
-    monkeypatch.setattr(metrics, "_CV_MAX_CHANNELS", 2)
-    np.testing.assert_array_equal(leaderboard_foreground_mask(t, "brain"), full)
+def test_mask_slices_do_not_leak_into_each_other():
+    """Slices are stacked for the morphology: foreground touching the top and bottom edges of
+    neighbouring slices (and a slice that is all foreground next to an empty one) stays per slice."""
+    rng = np.random.default_rng(8)
+    t = _blobby_label(rng, shape=(5, 40, 40))
+    t[0, -3:, 5:30] = 1e-3  # bottom edge of slice 0 ...
+    t[1, :2, 10:35] = 1e-3  # ... above the top edge of slice 1
+    t[2] = 1e-3  # all foreground
+    t[3] = 0  # empty, between two full-edge slices
+    t[4, :, :] = 1e-3
+    t[4, 20:, :] = 0
+    ours = leaderboard_foreground_mask(t, "brain")
+    np.testing.assert_array_equal(ours, _reference_mask(t, 5e-5).astype(bool))
+    assert ours[2].all() and not ours[3].any()
+    for i in range(len(t)):  # one slice at a time gives the same
+        np.testing.assert_array_equal(leaderboard_foreground_mask(t[i], "brain"), ours[i])
 
 
 # ------------------------------------------------------------------------------------------- PSNR/NMSE

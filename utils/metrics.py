@@ -1,5 +1,7 @@
-"""Image-quality metrics: SSIM (one implementation, shared by the loss, the SNU leaderboard metric and
-the CMRxRecon ranking metric), the SNU FastMRI leaderboard foreground mask, PSNR and NMSE.
+"""Image-quality metrics: SSIM (one formula: :func:`ssim_map` in torch for the loss, the CMRxRecon ranking
+metric and tensor inputs; :mod:`utils.leaderboard`'s torch-free OpenCV float64 path for the SNU
+leaderboard on numpy volumes, held to this one by the tests), the SNU FastMRI leaderboard foreground
+mask, PSNR and NMSE (defined in :mod:`utils.leaderboard`, re-exported here).
 
 SSIM follows the fastMRI / SNU-challenge formula: a ``7x7`` uniform window applied as a *valid*
 convolution (no padding, so a ``(H, W)`` slice gives a ``(H-6, W-6)`` map), ``K1 = 0.01``,
@@ -8,8 +10,9 @@ convolution (no padding, so a ``(H, W)`` slice gives a ``(H-6, W-6)`` map), ``K1
 
 The leaderboard metric scores ``recon * mask`` against ``target * mask`` where ``mask`` is the
 thresholded label (``> 5e-5`` brain, ``> 2e-5`` knee) cleaned by a 3x3 erode (1x), dilate (15x),
-erode (14x) with OpenCV's default borders. Evaluation runs in float64; the loss runs in the dtype of
-its inputs.
+erode (14x) with OpenCV's default borders. Evaluation computes means, (co)variances and the map in
+float64 (window sums taken in float64 straight from float32 images); the loss runs in the dtype of its
+inputs.
 
 The CMRxRecon (cardiac cine) ranking metric, section "CMRxRecon ranking metric" below, reproduces the
 organisers' ``run4Ranking`` (RSS, central two slices, frames 1-3, magnitude, centre crop to
@@ -24,11 +27,26 @@ from __future__ import annotations
 import math
 from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
+from utils import leaderboard as _leaderboard
+from utils.leaderboard import (  # the torch-free SNU leaderboard metric, re-exported under its old home
+    _MORPH_KERNEL,
+    _MORPHOLOGY,
+    FOREGROUND_THRESHOLDS,
+    SSIM_K1,
+    SSIM_K2,
+    SSIM_WIN_SIZE,
+    Axes,
+    _squared_norms,
+    _sum_squares,
+    leaderboard_foreground_mask,
+    leaderboard_volume_scores,
+    nmse,
+    psnr,
+)
 from utils.physics import center_crop, rss
 
 __all__ = [
@@ -39,6 +57,7 @@ __all__ = [
     "ssim_map",
     "leaderboard_foreground_mask",
     "leaderboard_ssim",
+    "leaderboard_volume_scores",
     "psnr",
     "nmse",
     "SSIMLoss",
@@ -55,16 +74,6 @@ __all__ = [
     "aggregate_ranking_scores",
 ]
 
-SSIM_WIN_SIZE = 7
-SSIM_K1 = 0.01
-SSIM_K2 = 0.03
-
-#: Label intensity above which a pixel is foreground, per anatomy (leaderboard evaluation).
-FOREGROUND_THRESHOLDS = {"brain": 5e-5, "knee": 2e-5}
-#: (operation, iterations) applied in order with a 3x3 kernel of ones.
-_MORPHOLOGY = (("erode", 1), ("dilate", 15), ("erode", 14))
-_MORPH_KERNEL = np.ones((3, 3), np.uint8)
-_CV_MAX_CHANNELS = 512  # OpenCV's CV_CN_MAX: slices are processed as channels, in chunks of this size
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -145,39 +154,6 @@ def ssim_map(
 # ------------------------------------------------------------------------------------ leaderboard metric
 
 
-def _morphology_channels(mask_hwc: np.ndarray) -> np.ndarray:
-    """Apply the leaderboard erode/dilate/erode sequence to a uint8 ``(H, W, C)`` stack, C <= 512."""
-    out = mask_hwc
-    for op, iterations in _MORPHOLOGY:
-        fn = cv2.erode if op == "erode" else cv2.dilate
-        out = fn(out, _MORPH_KERNEL, iterations=iterations)
-    return out.reshape(mask_hwc.shape)  # OpenCV drops a trailing channel axis of size 1
-
-
-def leaderboard_foreground_mask(target: np.ndarray, anatomy: str) -> np.ndarray:
-    """Leaderboard foreground mask of a label ``(S, H, W)`` or ``(H, W)``: bool, same shape.
-
-    Threshold by anatomy, then 3x3 erode x1, dilate x15, erode x14 per slice with OpenCV's default
-    borders (outside pixels never erode or dilate the image). 0/1 values make uint8 morphology equal
-    to the reference's float64 morphology; slices are stacked as channels so each cv2 call does a
-    whole volume.
-    """
-    if anatomy not in FOREGROUND_THRESHOLDS:
-        raise ValueError(f"anatomy must be one of {sorted(FOREGROUND_THRESHOLDS)}, got {anatomy!r}")
-    target = np.asarray(target)
-    if target.ndim not in (2, 3):
-        raise ValueError(f"target must be (H, W) or (S, H, W), got shape {target.shape}")
-    stack = target[None] if target.ndim == 2 else target
-    binary = (stack > FOREGROUND_THRESHOLDS[anatomy]).astype(np.uint8)
-    hwc = np.ascontiguousarray(binary.transpose(1, 2, 0))
-    chunks = [
-        _morphology_channels(np.ascontiguousarray(hwc[..., i : i + _CV_MAX_CHANNELS]))
-        for i in range(0, hwc.shape[-1], _CV_MAX_CHANNELS)
-    ]
-    mask = np.concatenate(chunks, axis=-1).transpose(2, 0, 1).astype(bool)
-    return mask[0] if target.ndim == 2 else mask
-
-
 def _as_float64_tensor(a: ArrayLike) -> torch.Tensor:
     return a.to(torch.float64) if isinstance(a, torch.Tensor) else torch.from_numpy(np.asarray(a, dtype=np.float64))
 
@@ -193,10 +169,13 @@ def leaderboard_ssim(
 
     ``data_range``: the volume's ``max`` attribute (scalar) or one value per slice. ``mask``
     (``(S, H, W)``, e.g. :func:`leaderboard_foreground_mask`) multiplies both images first, as the
-    leaderboard does. Numpy in -> numpy out; a tensor ``recon`` -> a float64 tensor. ``chunk`` slices
-    are scored per call (bounds memory; 4 slices of 384x384 stay cache-friendly).
+    leaderboard does. Numpy in -> numpy out, computed by :func:`utils.leaderboard.leaderboard_ssim`
+    (OpenCV float64 window sums, no torch); a tensor ``recon`` -> a float64 tensor from
+    :func:`ssim_map` in float64 (the reference path the tests hold the numpy one to), ``chunk``
+    slices per call (bounds memory).
     """
-    as_numpy = not isinstance(recon, torch.Tensor)
+    if not isinstance(recon, torch.Tensor):
+        return _leaderboard.leaderboard_ssim(recon, _as_numpy(target), _as_numpy(data_range), _as_numpy(mask))
     x, y = _as_float64_tensor(recon), _as_float64_tensor(target)
     if x.ndim != 3 or x.shape != y.shape:
         raise ValueError(f"recon and target must be (S, H, W) of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
@@ -213,66 +192,12 @@ def leaderboard_ssim(
         ssim_map(x[i : i + chunk], y[i : i + chunk], dr[i : i + chunk]).mean(dim=(-2, -1))
         for i in range(0, x.shape[0], chunk)
     ]
-    scores = torch.cat(parts) if parts else x.new_zeros(0)
-    return scores.numpy() if as_numpy else scores
+    return torch.cat(parts) if parts else x.new_zeros(0)
 
 
-# -------------------------------------------------------------------------------------------- PSNR/NMSE
-
-
-Axes = Optional[Tuple[int, ...]]
-
-
-def _squared_norms(recon: ArrayLike, target: ArrayLike, axis: Axes = None):
-    """``(||target - recon||^2, ||target||^2, target)`` in float64 over ``axis`` (None: all values,
-    as Python floats; else arrays over the remaining axes); shapes must match."""
-    recon, target = np.asarray(recon, np.float64), np.asarray(target, np.float64)
-    if recon.shape != target.shape:
-        raise ValueError(f"recon shape {recon.shape} differs from target shape {target.shape}")
-    if axis is None:
-        diff = (target - recon).ravel()
-        return float(np.dot(diff, diff)), float(np.dot(target.ravel(), target.ravel())), target
-    diff = target - recon
-    return _sum_squares(diff, axis), _sum_squares(target, axis), target
-
-
-def _sum_squares(a: np.ndarray, axis: Tuple[int, ...]) -> np.ndarray:
-    """``sum(a * a)`` over ``axis`` without the ``a * a`` temporary."""
-    axes = sorted(ax % a.ndim for ax in axis)
-    keep = [i for i in range(a.ndim) if i not in axes]
-    flat = np.moveaxis(a, axes, list(range(a.ndim - len(axes), a.ndim))).reshape(*(a.shape[i] for i in keep), -1)
-    return np.einsum("...i,...i->...", flat, flat)
-
-
-def psnr(recon: np.ndarray, target: np.ndarray, data_range=None, axis: Axes = None):
-    """Peak signal-to-noise ratio in dB: ``10 log10(data_range**2 / MSE)``.
-
-    ``axis=None``: one float for the whole array (a volume); ``data_range`` defaults to
-    ``target.max()`` (fastMRI). ``axis`` a tuple such as ``(-2, -1)``: one value per image, a float64
-    array over the remaining axes; ``data_range`` then a scalar or an array of that shape, default
-    each image's ``target.max()`` (scikit-image's ``peak_signal_noise_ratio`` per image). Identical
-    images give ``inf``.
-    """
-    sse, _, target = _squared_norms(recon, target, axis)
-    if axis is None:
-        peak = float(target.max()) if data_range is None else float(data_range)
-        mse = sse / target.size
-        return float("inf") if mse == 0 else float(10 * np.log10(peak**2 / mse))
-    count = math.prod(target.shape[a] for a in axis)
-    peak = target.max(axis=axis) if data_range is None else np.asarray(data_range, np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return 10 * np.log10(peak**2 / (sse / count))
-
-
-def nmse(recon: np.ndarray, target: np.ndarray, axis: Axes = None):
-    """Normalised MSE ``||target - recon||^2 / ||target||^2`` (fastMRI): a float for the whole array
-    (``axis=None``) or, with ``axis`` a tuple such as ``(-2, -1)``, a float64 array of one value per
-    image over the remaining axes."""
-    sse, energy, _ = _squared_norms(recon, target, axis)
-    if axis is None:
-        return sse / energy
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return sse / energy
+def _as_numpy(a):
+    """A tensor as a numpy array (CPU); anything else unchanged."""
+    return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else a
 
 
 # ------------------------------------------------------------------------------------------------ loss
