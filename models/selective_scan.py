@@ -445,7 +445,7 @@ class _LoopScan(torch.autograd.Function):
 
 def selective_scan_parallel(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                             return_last_state=False, chunk_size: int = DEFAULT_CHUNK) -> ScanOut:
-    """Chunked parallel scan in PyTorch (CPU/GPU). Shapes as :func:`selective_scan`."""
+    """Scan written in PyTorch (CPU loop or log-depth; see the module notes). Shapes as :func:`selective_scan`."""
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
     if int(chunk_size) < 1:
         raise ValueError(f"selective_scan: chunk_size must be >= 1, got {chunk_size!r}")
