@@ -47,18 +47,25 @@ _VAR_EPS = 1e-20
 class _InstanceNormLeakyReLUFn(torch.autograd.Function):
     """``leaky_relu(instance_norm(x), slope)`` for ``x`` ``(N, C, H, W)`` (any memory layout), biased variance.
 
-    Saves only the output ``y`` and ``rstd = 1/sqrt(var + eps)`` ``(N, C, 1, 1)``; the backward pass recovers
-    ``xhat = y`` where ``y > 0`` and ``y / slope`` elsewhere (``slope > 0``) and returns
-    ``rstd * (g - mean(g) - xhat * mean(g * xhat))`` with ``g`` the gradient through the LeakyReLU.
-    Two-pass statistics (mean, then the mean square of ``x - mean``), as the native batch-norm kernel.
+    Saves only the output ``y`` and ``rstd = 1/sqrt(var + eps)`` ``(N, C, 1, 1)``. Forward: for ``N == 1`` the
+    native batch-norm kernel (which is instance norm for one sample, in any layout), else two-pass statistics
+    (mean, then the mean square of ``x - mean``, as that kernel). Backward, with ``grad`` the incoming
+    gradient, ``g`` the gradient through the LeakyReLU and ``xhat = y`` where ``y > 0``, ``y / slope``
+    elsewhere (``slope > 0``; note ``g * xhat == grad * y``):
+    ``dx = rstd * (g - mean(g) - xhat * mean(grad * y))``.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, slope: float, eps: float) -> torch.Tensor:
-        mean = x.mean(dim=(2, 3), keepdim=True)
-        y = x - mean
-        rstd = y.square().mean(dim=(2, 3), keepdim=True).add_(eps).rsqrt_()
-        y = F.leaky_relu_(y.mul_(rstd), slope)
+        n, c = x.shape[:2]
+        if n == 1:
+            y, _, rstd = torch.native_batch_norm(x, None, None, None, None, True, 0.0, eps)
+            rstd = rstd.view(1, c, 1, 1)
+        else:
+            y = x - x.mean(dim=(2, 3), keepdim=True)
+            rstd = y.square().mean(dim=(2, 3), keepdim=True).add_(eps).rsqrt_()
+            y.mul_(rstd)
+        y = F.leaky_relu_(y, slope)
         ctx.slope = slope
         ctx.save_for_backward(y, rstd)
         return y
@@ -68,11 +75,12 @@ class _InstanceNormLeakyReLUFn(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         y, rstd = ctx.saved_tensors
         slope = ctx.slope
+        mean_gx = (grad * y).mean(dim=(2, 3), keepdim=True)
         g = torch.ops.aten.leaky_relu_backward(grad, y, slope, True)
-        xhat = F.leaky_relu(y, 1.0 / slope)
         mean_g = g.mean(dim=(2, 3), keepdim=True)
-        mean_gx = (g * xhat).mean(dim=(2, 3), keepdim=True)
-        return torch.addcmul(g.sub_(mean_g), xhat, mean_gx.neg_()).mul_(rstd), None, None
+        xhat = F.leaky_relu(y, 1.0 / slope)
+        dx = torch.addcmul(mean_g.mul_(rstd).neg_(), g, rstd)
+        return dx.addcmul_(xhat, mean_gx.mul_(rstd).neg_()), None, None
 
 
 class InstanceNormLeakyReLU(nn.Module):

@@ -299,3 +299,126 @@ def test_sensitivity_maps_have_unit_rss_and_only_see_acs():
     outside = k.clone()
     outside[..., ~acs[0, 0, 0, 0]] *= 7  # change only non-ACS lines
     torch.testing.assert_close(sens_net(outside, acs), maps)
+
+
+# ------------------------------------------------------------- fused InstanceNorm + in-place LeakyReLU
+
+
+def _unfused_copy(net: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of ``net`` with every fused norm-act replaced by the pre-fusion modules:
+    ``nn.InstanceNorm2d(C)`` then a non-inplace ``nn.LeakyReLU(0.2)`` (the old code path)."""
+    import copy
+
+    from models.unet import InstanceNormLeakyReLU
+
+    ref = copy.deepcopy(net)
+    for seq in [m for m in ref.modules() if isinstance(m, torch.nn.Sequential)]:
+        names = list(seq._modules)
+        for prev, name in zip(names, names[1:]):
+            if isinstance(seq._modules[name], InstanceNormLeakyReLU):
+                chans = seq._modules[prev].out_channels
+                seq._modules[name] = torch.nn.Sequential(torch.nn.InstanceNorm2d(chans), torch.nn.LeakyReLU(0.2))
+    assert not any(isinstance(m, InstanceNormLeakyReLU) for m in ref.modules())
+    return ref
+
+
+def _set_fused(net: torch.nn.Module, fused) -> None:
+    from models.unet import InstanceNormLeakyReLU
+
+    for m in net.modules():
+        if isinstance(m, InstanceNormLeakyReLU):
+            m.fused = fused
+
+
+def _loss_and_grads(model, *inputs):
+    model.zero_grad(set_to_none=True)
+    out = model(*inputs)
+    loss = (out - 0.3).abs().mean() + out.square().mean()
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def _varnet64(seed=5, **overrides):
+    torch.manual_seed(seed)
+    cfg = VarNetConfig.from_dict(dict({"num_cascades": 2, "chans": 3, "pools": 2, "sens_chans": 2, "sens_pools": 2},
+                                      **overrides))
+    return VarNet(cfg).double()
+
+
+def _input64(coils=3, h=13, w=14, slices=1):
+    mask = _mask(1, w, acs=4, acc=3)
+    k = _kspace(1, slices, coils, h, w, mask).to(torch.complex128)
+    return k, mask
+
+
+def test_inplace_native_path_is_bit_identical_to_the_old_unfused_path():
+    """Native batch-norm kernel + in-place LeakyReLU (the non-CPU path, forced here): loss and every gradient
+    bit-identical to nn.InstanceNorm2d + non-inplace nn.LeakyReLU, with and without checkpointing (float64)."""
+    k, mask = _input64()
+    for ckpt in (False, True):
+        model = _varnet64(use_checkpoint=ckpt)
+        ref = _unfused_copy(model)
+        _set_fused(model, False)
+        loss, grads = _loss_and_grads(model, k, mask)
+        ref_loss, ref_grads = _loss_and_grads(ref, k, mask)
+        assert torch.equal(loss, ref_loss)
+        assert grads.keys() == ref_grads.keys()
+        for name in grads:
+            assert torch.equal(grads[name], ref_grads[name]), name
+
+
+def test_fused_cpu_path_matches_the_old_unfused_path():
+    """The CPU default (hand-written backward, output-only saving): loss and gradients equal the old path to
+    rounding (float64), through gradient checkpointing too, and checkpointing changes no bit."""
+    k, mask = _input64()
+    results = []
+    for ckpt in (False, True):
+        model = _varnet64(use_checkpoint=ckpt)
+        ref = _unfused_copy(model)
+        loss, grads = _loss_and_grads(model, k, mask)
+        ref_loss, ref_grads = _loss_and_grads(ref, k, mask)
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-12, atol=0)
+        for name in grads:
+            scale = ref_grads[name].abs().max()
+            torch.testing.assert_close(grads[name], ref_grads[name], rtol=0, atol=1e-11 * scale, msg=name)
+        results.append((loss, grads))
+    assert torch.equal(results[0][0], results[1][0])
+    for name in results[0][1]:
+        assert torch.equal(results[0][1][name], results[1][1][name]), name
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_fused_norm_act_gradcheck_and_leaves_its_input_alone(n):
+    from models.unet import InstanceNormLeakyReLU
+
+    layer = InstanceNormLeakyReLU(0.2)
+    x = (torch.randn(n, 2, 5, 4, dtype=torch.float64) * 3 + 1).requires_grad_()
+    assert torch.autograd.gradcheck(layer, (x,))
+    before = x.detach().clone()
+    y = layer(x)
+    y.sum().backward()
+    assert torch.equal(x.detach(), before)  # in place only on its own output
+    ref = torch.nn.functional.leaky_relu(torch.nn.functional.instance_norm(before), 0.2)
+    torch.testing.assert_close(y.detach(), ref, rtol=1e-13, atol=1e-13)
+    with pytest.raises(ValueError):
+        InstanceNormLeakyReLU(0.0)
+
+
+def test_float32_channels_last_unet_matches_float64():
+    """On CPU float32 the U-Net runs channels-last; its output is contiguous and agrees with float64."""
+    torch.manual_seed(0)
+    net = Unet(2, 2, chans=4, num_pools=2)
+    x = torch.randn(2, 2, 24, 20)
+    y = net(x)
+    assert y.is_contiguous()
+    y64 = net.double()(x.double())
+    torch.testing.assert_close(y.double(), y64, rtol=1e-4, atol=1e-5)
+
+
+def test_parameter_names_survive_the_fusion():
+    """Checkpoints keep loading: conv weights stay at modules 0/4 of every block, the up-conv at 0."""
+    names = set(Unet(2, 2, chans=2, num_pools=2).state_dict())
+    assert names == {"encoder.0.0.weight", "encoder.0.4.weight", "encoder.1.0.weight", "encoder.1.4.weight",
+                     "bottleneck.0.weight", "bottleneck.4.weight", "up.0.0.weight", "up.1.0.weight",
+                     "decoder.0.0.weight", "decoder.0.4.weight", "decoder.1.0.weight", "decoder.1.4.weight",
+                     "head.weight", "head.bias"}
