@@ -14,6 +14,14 @@ an h5 write/read round trip of one volume, peak memory, and the projected time o
     python benchmarks/bench_reconstruct.py                         # CPU folder run (+ GPU if available)
     python benchmarks/bench_reconstruct.py --full off --batch_size 2
     python benchmarks/bench_reconstruct.py --full cpu --full_preset tiny --full_slices 2   # smoke test
+
+Before/after (``--before OLD_CHECKOUT``): ``reconstruct.reconstruct_kspace`` of one leaderboard volume with the
+same weights file (default ``artifacts/<anatomy>_acc4.safetensors``), run as whole processes alternating
+between the old checkout and this one (``--repeats`` each, one thread unless ``--threads``); prints the median
+CPU and wall seconds per slice of each side, the ratio after/before, and the largest difference of the two
+reconstructions relative to their maximum. Only this part runs when ``--before`` is given.
+
+    python benchmarks/bench_reconstruct.py --before /tmp/old_checkout --leaderboard demo/Data/leaderboard
 """
 from __future__ import annotations
 
@@ -197,6 +205,78 @@ def print_full(full: Dict) -> None:
               f"({'within' if p <= reconstruct.BUDGET_SECONDS else 'OVER'} budget)")
 
 
+# Timed in a fresh interpreter inside a checkout (this one or --before's): imports, data read, model load and
+# one warm-up batch are outside the timing; prints one JSON line and saves the reconstruction.
+_WORKER = """
+import json, sys, time
+from pathlib import Path
+import numpy as np, torch
+torch.set_num_threads({threads})
+import reconstruct
+from models import artifacts
+job = [j for j in reconstruct.find_jobs(Path({leaderboard!r}), Path({scratch!r}))
+       if j.kspace_path.name.startswith({anatomy!r})][0]
+data = reconstruct.read_volume(job)
+model, _ = artifacts.load_artifact(Path({weights!r}), "cpu")
+reconstruct.reconstruct_kspace(model, data.kspace[:1], data.mask, {anatomy!r}, {batch}, "cpu")
+cpu, wall, out = [], [], None
+for _ in range({runs}):
+    c, w = time.process_time(), time.perf_counter()
+    out = reconstruct.reconstruct_kspace(model, data.kspace, data.mask, {anatomy!r}, {batch}, "cpu")
+    cpu.append(time.process_time() - c)
+    wall.append(time.perf_counter() - w)
+np.save({out!r}, out)
+print(json.dumps({{"cpu_s": cpu, "wall_s": wall, "slices": int(data.kspace.shape[0]), "file": str(job.kspace_path)}}))
+"""
+
+
+def bench_before_after(before: Path, leaderboard: Path, weights: Path, anatomy: str, batch_size: int,
+                       threads: int, repeats: int, runs: int, work: Path) -> Dict:
+    """Whole-process timings of ``reconstruct_kspace`` alternating between the ``before`` checkout and this
+    one; returns per-side medians of CPU/wall seconds per slice and the outputs' agreement."""
+    import os
+    import subprocess
+
+    sides = {"before": before.resolve(), "after": ROOT}
+    times: Dict[str, Dict[str, List[float]]] = {k: {"cpu": [], "wall": []} for k in sides}
+    info: Dict[str, Dict] = {}
+    for rep in range(repeats):
+        for name, root in (sides.items() if rep % 2 == 0 else reversed(list(sides.items()))):
+            out = work / f"{name}.npy"
+            code = _WORKER.format(threads=threads, leaderboard=str(leaderboard.resolve()), scratch=str(work / "scratch"),
+                                  anatomy=anatomy, weights=str(weights.resolve()), batch=batch_size, runs=runs,
+                                  out=str(out))
+            env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": str(threads)}
+            proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"{root}: benchmark worker failed:\n{proc.stderr.strip()}")
+            info[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+            slices = info[name]["slices"]
+            times[name]["cpu"] += [t / slices for t in info[name]["cpu_s"]]
+            times[name]["wall"] += [t / slices for t in info[name]["wall_s"]]
+            print(f"  {name:6s} rep {rep}: cpu s/slice {min(info[name]['cpu_s']) / slices:.3f}", file=sys.stderr)
+    a, b = np.load(work / "after.npy"), np.load(work / "before.npy")
+    scale = np.abs(b).max(axis=(-2, -1))
+    rel = np.abs(a - b).max(axis=(-2, -1)) / np.where(scale > 0, scale, 1)
+    med = {k: {m: float(np.median(v)) for m, v in t.items()} for k, t in times.items()}
+    return {"file": info["after"]["file"], "weights": str(weights), "batch_size": batch_size, "threads": threads,
+            "repeats": repeats, "runs_per_process": runs, "median": med,
+            "ratio_cpu": med["after"]["cpu"] / med["before"]["cpu"],
+            "ratio_wall": med["after"]["wall"] / med["before"]["wall"], "max_rel_diff": float(rel.max()),
+            "samples": times}
+
+
+def print_before_after(r: Dict, before: Path) -> None:
+    print(f"\n## reconstruct_kspace before ({before}) / after (this checkout): {r['file']}, weights {r['weights']}, "
+          f"batch {r['batch_size']}, {r['threads']} thread(s), {r['repeats']} processes x {r['runs_per_process']} "
+          f"runs per side, interleaved")
+    print("| | before s/slice | after s/slice | ratio after/before |")
+    print("|---|---|---|---|")
+    for m in ("cpu", "wall"):
+        print(f"| {m} (median) | {r['median']['before'][m]:.3f} | {r['median']['after'][m]:.3f} | {r[f'ratio_{m}']:.3f} |")
+    print(f"reconstructions agree: max |after - before| / max |before| per slice = {r['max_rel_diff']:.2e}")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--leaderboard", type=Path, default=None, help="default: demo/Data/leaderboard, else simulated tiny")
@@ -211,10 +291,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--full_coils", type=int, default=16)
     parser.add_argument("--full_batch_sizes", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="an older checkout: time reconstruct_kspace there and here, whole processes interleaved")
+    parser.add_argument("--weights_file", type=Path, default=None,
+                        help="--before: weights (default artifacts/<anatomy>_acc4.safetensors of this checkout)")
+    parser.add_argument("--anatomy", choices=("brain", "knee"), default="brain", help="--before: which volume")
+    parser.add_argument("--repeats", type=int, default=5, help="--before: processes per side")
+    parser.add_argument("--runs", type=int, default=2, help="--before: timed runs per process")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     results: Dict = {}
+    if args.before is not None:
+        if not (args.before / "reconstruct.py").is_file():
+            raise SystemExit(f"--before {args.before}: not a checkout (no reconstruct.py)")
+        weights = args.weights_file or ROOT / "artifacts" / f"{args.anatomy}_acc4.safetensors"
+        if not weights.is_file():
+            raise SystemExit(f"--weights_file {weights}: no such file")
+        with tempfile.TemporaryDirectory(prefix="bench_reconstruct_") as tmp:
+            leaderboard = args.leaderboard or default_leaderboard(Path(tmp))
+            r = bench_before_after(args.before, leaderboard, weights, args.anatomy, args.batch_size,
+                                   args.threads or 1, args.repeats, args.runs, Path(tmp))
+        print_before_after(r, args.before)
+        if args.json:
+            args.json.write_text(json.dumps({"before_after": r}, indent=2, default=str) + "\n")
+        return 0
     with tempfile.TemporaryDirectory(prefix="bench_reconstruct_") as tmp:
         work = Path(tmp)
         leaderboard = args.leaderboard or default_leaderboard(work)

@@ -13,7 +13,7 @@ Imports only torch. Conventions:
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -48,17 +48,67 @@ def _check_complex(x: torch.Tensor, name: str) -> None:
         raise TypeError(f"{name} must be a complex tensor, got dtype {x.dtype}")
 
 
+#: ``(H, W, dtype, device) -> (c, s c)``: the real ``(H, W)`` checkerboards of :func:`_checkerboards`.
+_CHECKERBOARDS: Dict[Tuple[int, int, torch.dtype, torch.device], Tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _checkerboards(h: int, w: int, dtype: torch.dtype, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Real ``(h, w)`` tensors ``c = (-1)^(row + col)`` and ``s c`` with ``s = (-1)^(h/2 + w/2)`` (even
+    ``h``, ``w``), cached.
+
+    For even sizes the centred orthonormal FFT is ``fftshift(F(ifftshift(x))) = s c . F(c . x)`` (likewise
+    for the inverse): a cyclic shift by half the length is a modulation by ``(-1)^k``. So ``c`` is the
+    input board and ``s c`` the output board; ``c^2 = s^2 = 1``, so the k-space boards of an FFT pair
+    cancel. Multiplying by +-1 is exact. Built outside inference mode so that autograd may save them.
+    """
+    key = (h, w, dtype, device)
+    boards = _CHECKERBOARDS.get(key)
+    if boards is None:
+        with torch.inference_mode(False), torch.no_grad():
+            parity = (torch.arange(h, device=device).view(-1, 1) + torch.arange(w, device=device).view(1, -1)) % 2
+            board = (1 - 2 * parity).to(dtype)
+            boards = (board, -board if (h // 2 + w // 2) % 2 else board)
+        if len(_CHECKERBOARDS) >= 64:  # many distinct sizes (e.g. a sweep): keep the cache bounded
+            _CHECKERBOARDS.clear()
+        _CHECKERBOARDS[key] = boards
+    return boards
+
+
+def _fast_boards(x: torch.Tensor, dim: Tuple[int, int]) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """The boards ``(c, s c)`` of :func:`_checkerboards` for ``x`` when ``dim`` are its last two axes and
+    both are even; ``None`` otherwise (then the exact shift path is used)."""
+    nd = x.dim()
+    if nd < 2 or tuple(d % nd for d in dim) != (nd - 2, nd - 1):
+        return None
+    h, w = x.shape[-2], x.shape[-1]
+    if h % 2 or w % 2:
+        return None
+    return _checkerboards(h, w, x.real.dtype, x.device)
+
+
 def fft2c(x: torch.Tensor, dim: Tuple[int, int] = _IMAGE_DIMS) -> torch.Tensor:
-    """Centred orthonormal 2-D FFT over ``dim`` (image -> k-space). Complex in, complex out."""
+    """Centred orthonormal 2-D FFT over ``dim`` (image -> k-space). Complex in, complex out.
+
+    Equals ``fftshift(fft2(ifftshift(x), norm="ortho"))``; for even sizes over the last two axes it is
+    computed without the shifts, as ``s c . fft2(c . x)`` with the checkerboards of
+    :func:`_checkerboards` (equal to float rounding, about twice as fast on the CPU).
+    """
     _check_complex(x, "x")
+    boards = _fast_boards(x, dim)
+    if boards is not None:
+        return torch.fft.fft2(x * boards[0], dim=dim, norm="ortho") * boards[1]
     x = torch.fft.ifftshift(x, dim=dim)
     x = torch.fft.fft2(x, dim=dim, norm="ortho")
     return torch.fft.fftshift(x, dim=dim)
 
 
 def ifft2c(k: torch.Tensor, dim: Tuple[int, int] = _IMAGE_DIMS) -> torch.Tensor:
-    """Centred orthonormal 2-D inverse FFT over ``dim`` (k-space -> image)."""
+    """Centred orthonormal 2-D inverse FFT over ``dim`` (k-space -> image); shift-free like :func:`fft2c`
+    for even sizes over the last two axes."""
     _check_complex(k, "k")
+    boards = _fast_boards(k, dim)
+    if boards is not None:
+        return torch.fft.ifft2(k * boards[0], dim=dim, norm="ortho") * boards[1]
     k = torch.fft.ifftshift(k, dim=dim)
     k = torch.fft.ifft2(k, dim=dim, norm="ortho")
     return torch.fft.fftshift(k, dim=dim)
@@ -73,13 +123,44 @@ def rss(x: torch.Tensor, dim: int = -3) -> torch.Tensor:
     return power.sum(dim=dim).sqrt()
 
 
+def _modulated_product(image: torch.Tensor, sens: torch.Tensor, board: torch.Tensor) -> torch.Tensor:
+    """``board . sens . image`` with the board multiplied onto the factor with fewer elements (exact:
+    the board is +-1)."""
+    if image.numel() <= sens.numel():
+        return sens * (image * board)
+    return (sens * board) * image
+
+
 def sens_expand(image: torch.Tensor, sens: torch.Tensor) -> torch.Tensor:
-    """Image ``(..., 1, H, W)`` and maps ``(..., C, H, W)`` -> coil k-space ``fft2c(sens * image)``."""
+    """Image ``(..., 1, H, W)`` and maps ``(..., C, H, W)`` -> coil k-space ``fft2c(sens * image)``.
+
+    For even ``H``, ``W`` the input checkerboard of the shift-free FFT goes on the smaller factor
+    (usually the one-coil image) instead of the product.
+    """
+    if torch.is_complex(image) and torch.is_complex(sens) and image.shape[-2:] == sens.shape[-2:]:
+        boards = _fast_boards(sens, _IMAGE_DIMS)
+        if boards is not None:
+            prod = _modulated_product(image, sens, boards[0])
+            return torch.fft.fft2(prod, dim=_IMAGE_DIMS, norm="ortho") * boards[1]
     return fft2c(sens * image)
 
 
+def _reduce_unshifted(kspace_b: torch.Tensor, sens: torch.Tensor, board: torch.Tensor) -> torch.Tensor:
+    """``board . sum_c conj(S_c) F^H(kspace_b)_c`` with the plain (uncentred) inverse FFT: the output board
+    is applied after the coil sum, on the one-coil image."""
+    return (sens.conj() * torch.fft.ifft2(kspace_b, dim=_IMAGE_DIMS, norm="ortho")).sum(dim=-3, keepdim=True) * board
+
+
 def sens_reduce(kspace: torch.Tensor, sens: torch.Tensor) -> torch.Tensor:
-    """Coil k-space ``(..., C, H, W)`` -> combined image ``(..., 1, H, W)``: ``sum_c conj(S_c) F^H k_c``."""
+    """Coil k-space ``(..., C, H, W)`` -> combined image ``(..., 1, H, W)``: ``sum_c conj(S_c) F^H k_c``.
+
+    For even ``H``, ``W`` the output checkerboard of the shift-free inverse FFT is applied after the
+    coil sum.
+    """
+    if torch.is_complex(kspace) and torch.is_complex(sens) and kspace.shape[-2:] == sens.shape[-2:]:
+        boards = _fast_boards(kspace, _IMAGE_DIMS)
+        if boards is not None:
+            return _reduce_unshifted(kspace * boards[0], sens, boards[1])
     return (sens.conj() * ifft2c(kspace)).sum(dim=-3, keepdim=True)
 
 
@@ -115,7 +196,16 @@ class SenseOperator:
         return sens_reduce(kspace * self.mask, self.sens)
 
     def normal(self, image: torch.Tensor) -> torch.Tensor:
-        """``A^H A x``."""
+        """``A^H A x``. For even ``H``, ``W`` the k-space checkerboards (and signs) of the shift-free FFTs
+        cancel (``c^2 = s^2 = 1`` and the mask is elementwise), so only the image-side ones are applied."""
+        sens = self.sens
+        if torch.is_complex(image) and image.shape[-2:] == sens.shape[-2:]:
+            boards = _fast_boards(sens, _IMAGE_DIMS)
+            if boards is not None:
+                board = boards[0]  # s c . F^H(c . M . s c . F(c . S x)) = c . F^H(M . F(c . S x))
+                prod = _modulated_product(image, sens, board)
+                k = torch.fft.fft2(prod, dim=_IMAGE_DIMS, norm="ortho") * self.mask
+                return _reduce_unshifted(k, sens, board)
         return self.adjoint(self.forward(image))
 
 
