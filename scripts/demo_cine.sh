@@ -5,7 +5,8 @@
 #   -> reconstruct.py --task cine -> evaluate.py --task cine (2025 protocol) -> figures (PNG strips, GIF).
 # Honours DATA_ROOT and RESULT_ROOT (defaults demo/CineData and demo/cine_result inside the checkout), SEED
 # (default 430), DEMO_PRESET (demo, or tiny for the tests) and MODEL (promptmr, default, or kgmgt: the cine
-# network the recipe trains and reconstruct.py reads as <MODEL>_cine).
+# network the recipe trains and reconstruct.py reads as <MODEL>_cine; --use-artifacts reads artifacts/cine.safetensors
+# for promptmr, artifacts/<MODEL>/cine.safetensors otherwise).
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DATA_ROOT="${DATA_ROOT:-$REPO/demo/CineData}"
 RESULT_ROOT="${RESULT_ROOT:-$REPO/demo/cine_result}"
@@ -53,6 +54,8 @@ if [[ "$mode" != baselines ]]; then
         weights=(--weights result --net_prefix "$MODEL")
     else
         weights=(--weights artifacts)
+        # PromptMR+ cine ships as artifacts/cine.safetensors, the other cine models as artifacts/<MODEL>/cine.safetensors
+        [[ "$MODEL" != promptmr ]] && weights+=(--artifacts_dir "$REPO/artifacts/$MODEL")
     fi
     echo "== reconstruct.py --task cine (${weights[*]})"
     "$PY" reconstruct.py --task cine --path_data "$val" --result_path "$RESULT_ROOT" "${weights[@]}" --no_progress

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -51,11 +53,13 @@ def _assert_routing_right(routing):
         assert record["model"] == f"{record['anatomy']}_acc{record['acceleration']}"
 
 
-def test_cine_demo_with_artifacts_tiny(tmp_path):
-    """bash scripts/demo.sh --cine --use-artifacts on the tiny cine data: baselines, the shipped PromptMR+
-    cine weights (artifacts/cine.safetensors), reconstruct, 2025-protocol scores, PNG strips and GIFs."""
+@pytest.mark.parametrize("model", ["promptmr", "kgmgt"])
+def test_cine_demo_with_artifacts_tiny(tmp_path, model):
+    """MODEL=<model> bash scripts/demo.sh --cine --use-artifacts on the tiny cine data: baselines, the shipped
+    cine weights (PromptMR+: artifacts/cine.safetensors, KGMgT: artifacts/kgmgt/cine.safetensors), reconstruct,
+    2025-protocol scores, PNG strips and GIFs."""
     env = {**os.environ, "DEMO_PRESET": "tiny", "DATA_ROOT": str(tmp_path / "Data"), "RESULT_ROOT": str(tmp_path / "result"),
-           "WANDB_MODE": "disabled", "NUM_WORKERS": "0"}
+           "WANDB_MODE": "disabled", "NUM_WORKERS": "0", "MODEL": model}
     res = subprocess.run(["bash", "scripts/demo.sh", "--cine", "--use-artifacts"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
@@ -70,5 +74,7 @@ def test_cine_demo_with_artifacts_tiny(tmp_path):
     assert scores["model"] > scores["zero_filled"], scores  # the shipped weights help on unseen subjects
     routing = json.loads((result / "Reconstruction" / "routing.json").read_text())
     assert routing["failed"] == 0 and routing["cases"]
+    shipped = REPO / "artifacts" / ("cine.safetensors" if model == "promptmr" else f"{model}/cine.safetensors")
+    assert {Path(case["weights"]).resolve() for case in routing["cases"].values()} == {shipped.resolve()}, routing
     figures = result / "figures"
     assert len(list(figures.glob("*.png"))) >= 3 and len(list(figures.glob("*.gif"))) >= 3
