@@ -136,29 +136,16 @@ def _try_score(label: Path, recon: Path, output_key: str):
 
 
 @contextlib.contextmanager
-def _single_threaded_torch():
-    """Volumes run in parallel threads, each op on one thread: no OpenMP barriers, which stall
-    badly when the cores are shared with other processes."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _single_threaded(get_threads, set_threads):
+    """One thread per op while volumes run in parallel threads: no OpenMP barriers (torch) or OpenCV pool
+    (the leaderboard path uses no torch, so it starts no OpenMP thread), which stall badly when the cores
+    are shared with other processes. ``get_threads``/``set_threads``: e.g. ``cv2.getNumThreads``/``cv2.setNumThreads``."""
+    before = get_threads()
+    set_threads(1)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
-
-
-@contextlib.contextmanager
-def _single_threaded_cv2():
-    """OpenCV's own thread pool off while volumes run in parallel threads (the leaderboard path uses
-    no torch at all, so it starts no OpenMP thread either)."""
-    before = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        yield
-    finally:
-        cv2.setNumThreads(before)
+        set_threads(before)
 
 
 def default_workers() -> int:
@@ -193,7 +180,7 @@ def evaluate_leaderboard(
     workers = workers or default_workers()
     # one worker: no thread at all (as evaluate_cine)
     pool = ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext()
-    with _single_threaded_cv2(), pool:
+    with _single_threaded(cv2.getNumThreads, cv2.setNumThreads), pool:
         mapper = pool.map if workers > 1 else map
         outcomes = mapper(lambda job: _try_score(job[1], job[2], output_key), jobs)
         for (name, _, _), (scores, problem) in tqdm(
@@ -392,7 +379,9 @@ def evaluate_cine(
     # one worker: no thread at all (a worker thread's malloc arena returns memory to the system and
     # page-faults every large buffer in again, about 30% more CPU here)
     pool = ThreadPoolExecutor(workers) if workers > 1 else contextlib.nullcontext()
-    with _single_threaded_torch(), pool:
+    import torch  # the cine path only: the SNU leaderboard path imports no torch
+
+    with _single_threaded(torch.get_num_threads, torch.set_num_threads), pool:
         mapper = pool.map if workers > 1 else map
         outcomes = mapper(lambda job: _score_cine_subject(job[0], job[1], protocol, swap), jobs.items())
         for outcome in tqdm(outcomes, total=len(jobs), desc="evaluate cine", unit="case", disable=not progress, file=sys.stderr):

@@ -33,15 +33,11 @@ from torch import nn
 
 from utils import leaderboard as _leaderboard
 from utils.leaderboard import (  # the torch-free SNU leaderboard metric, re-exported under its old home
-    _MORPH_KERNEL,
-    _MORPHOLOGY,
     FOREGROUND_THRESHOLDS,
     SSIM_K1,
     SSIM_K2,
     SSIM_WIN_SIZE,
     Axes,
-    _squared_norms,
-    _sum_squares,
     leaderboard_foreground_mask,
     leaderboard_volume_scores,
     nmse,
