@@ -2,6 +2,7 @@
 
     python -m data.formats check PATH [PATH ...]      # one line per problem; exit 0 only when all is valid
     python -m data.formats convert-fastmri --src DIR --out DIR --anatomy {brain,knee} [--acceleration 4]
+    python -m data.formats convert-raw --src FILE_OR_DIR --out DIR --anatomy {brain,knee} [--acceleration 4] [--leaderboard]
 
 It lives apart from :mod:`data.formats` so that the format module imports none of the modules built on
 it (:mod:`data.convert` -> :mod:`data.volumes` -> :mod:`data.formats`).
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from data import formats
+from data import raw_kspace
 from data.convert import convert_fastmri_folder
 
 
@@ -27,6 +29,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     conv.add_argument("--out", required=True, help="output folder (gets kspace/ and image/)")
     conv.add_argument("--anatomy", required=True, choices=formats.ANATOMIES)
     conv.add_argument("--acceleration", type=int, default=4, help="acc used for the mask and baselines")
+    raw = sub.add_parser("convert-raw", help="convert raw Cartesian multi-coil k-space (ISMRMRD, MRD, Siemens twix) to the challenge layout")
+    raw_kspace.add_arguments(raw)
     args = parser.parse_args(argv)
     if args.command == "check":
         problems: List[str] = []
@@ -36,6 +40,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(line)
         print(f"{len(problems)} problem(s) found" if problems else "all files valid", file=sys.stderr)
         return 1 if problems else 0
+    if args.command == "convert-raw":
+        return raw_kspace.run(args)
     return convert_fastmri_folder(Path(args.src), Path(args.out), args.anatomy, args.acceleration)
 
 
