@@ -3,6 +3,7 @@
     python scripts/codec.py encode   --data <ACDC or CMRxRecon folder> --weights artifacts --out TOKENS.npz
     python scripts/codec.py decode   --tokens TOKENS.npz --weights artifacts --out DIR [--steps N]
     python scripts/codec.py evaluate --tokens TOKENS.npz --data <the encoded folder> --weights artifacts [--json]
+                                     [--json_out FILE] [--figures DIR] [--standard jpeg2000|jpeg [--standard_out DIR]]
 
 ``encode`` writes one token file (data/codec_io.py: uint16 ids, shapes, K, the scales, ED/ES, the
 tokenizer weights' SHA-256) for every ACDC patient and CMRxRecon FullSample file under ``--data``.
@@ -14,7 +15,18 @@ ceil(log2 codebook)`` bits, plus the per-item side information) and the token fi
 the compression ratio against 16-bit magnitude frames, PSNR and SSIM per frame (data range: the item's
 maximum), and for labelled ACDC frames the Dice per structure of the segmentation of the decoded ED/ES
 frames against the labels (beside the Dice of the original frames' segmentation), LV/RV volumes and the
-ejection-fraction errors, and the decoding milliseconds per frame; ``--json`` prints it as JSON.
+ejection-fraction errors, and the decoding milliseconds per frame; ``--json`` prints it as JSON,
+``--json_out FILE`` writes it (atomically). ``--figures DIR`` draws ``DIR/codec_strip_<method>_k<K>.png``:
+the ED and ES frames of the middle slice of the first labelled item, original | decoded | |error|, with
+the segmenter's RV/myocardium/LV contours on the original and the decoded frames.
+
+``evaluate --standard jpeg2000|jpeg`` scores a standard image codec at the same rate instead of the tokens:
+each original frame of the token file's items is coded by Pillow (data/standard_codecs.py: 8-bit frames
+over ``[0, item maximum]``, JPEG 2000 raw codestream with a rate search or JPEG with a quality search,
+every stored byte counted) within the bytes per frame the tokens take, decoded, and scored by the very
+code that scores the token decode (:func:`score_frames`). The report gives the budget, the achieved
+bytes per frame and ``"over_budget": true`` where the codec's smallest stream does not fit; ``--standard_out
+DIR`` writes the streams (one file per frame and a ``side.json`` per item).
 
 ``--weights`` is a folder with ``titok.safetensors`` (tokenizer), ``titok_dit.safetensors`` (DiT decoder)
 and ``titok_seg.safetensors`` (2-D segmenter) (models/titok_mri.py ``CODEC_ARTIFACTS``; without the DiT,
@@ -54,13 +66,17 @@ from data.cine import ejection_fraction  # noqa: E402
 from data.codec_io import (TokenFile, TokenFileError, TokenItem, find_subjects, read_subject, read_token_file,  # noqa: E402
                            write_decoded, write_token_file)
 from data.formats import FormatError  # noqa: E402
+from data.standard_codecs import BIT_DEPTH, STANDARDS, decode_frames, dequantise, encode_frames, quantise  # noqa: E402
+from data.standard_codecs import SUFFIX as STANDARD_SUFFIX  # noqa: E402
 from models.titok_mri import TiTokMRI, load_codec  # noqa: E402
-from utils.io import OutputError, prepare_output_dir, prepare_output_file  # noqa: E402
+from utils.io import OutputError, atomic_path, prepare_output_dir, prepare_output_file  # noqa: E402
 from utils.metrics import dice_scores, psnr, ssim_map  # noqa: E402
 
 #: Side information per item beside the ids, in bytes: scale (float32), T, Z, h, w (uint16 each), ED, ES (uint8).
 SIDE_BYTES = 4 + 4 * 2 + 2
 STRUCTURES = {"rv": 1, "myo": 2, "lv": 3}
+#: Display names of the methods in reports and figures.
+METHOD_NAMES = {"titok": "TiTok-MRI", "jpeg2000": "JPEG 2000", "jpeg": "JPEG"}
 
 
 class CodecError(ValueError):
@@ -224,19 +240,37 @@ def clinical_errors(pred_ed, pred_es, true_ed, true_es, spacing) -> Dict[str, fl
     return out
 
 
-def evaluate_item(codec: TiTokMRI, tokens: TokenFile, item: TokenItem, subject, args) -> Dict[str, Any]:
-    original = subject.frames
-    if original.shape != tuple(item.shape):
-        raise CodecError(f"{subject.path}: frame-size mismatch: the data has frames {original.shape} (t, z, h, w), "
+def check_frames(subject, item: TokenItem) -> None:
+    """The data's frames have the shape the token file encoded."""
+    if subject.frames.shape != tuple(item.shape):
+        raise CodecError(f"{subject.path}: frame-size mismatch: the data has frames {subject.frames.shape} (t, z, h, w), "
                          f"the token file encoded {tuple(item.shape)}")
-    start = time.perf_counter()
-    decoded = decode_item(codec, tokens, item, args.steps, args.seed, args.batch_size)
-    ms = 1000 * (time.perf_counter() - start) / item.num_frames
+
+
+def token_payload_bytes(tokens: TokenFile) -> float:
+    """Bytes of one frame's packed ids: ``K x ceil(log2 codebook) / 8``."""
+    return tokens.num_tokens * tokens.bits_per_token / 8
+
+
+def token_bytes_per_frame(tokens: TokenFile, item: TokenItem) -> float:
+    """Bytes per frame of ``item`` as stored: the packed ids plus its share of the side information."""
+    return token_payload_bytes(tokens) + SIDE_BYTES / item.num_frames
+
+
+def score_frames(codec: TiTokMRI, image_size, item: TokenItem, subject, decoded: np.ndarray, ms: float,
+                 bytes_per_frame: float, keep: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The report row of one item's ``decoded`` frames ``(T, Z, h, w)`` (original intensities) against the
+    subject's: PSNR/SSIM per frame (data range: the item's maximum), and for labelled ACDC frames with a
+    segmenter the Dice per structure of the decoded and the original ED/ES frames' segmentations against
+    the labels, LV/RV volumes and EF; ``ms`` the decoding milliseconds per frame. The same code path for
+    the token decode and the standard codecs. ``keep`` (a dict) receives the decoded frames and both
+    segmentations (``decoded``, ``seg_decoded``, ``seg_original``: ED then ES, ``(Z, h, w)`` each) of a
+    labelled item, for the figures."""
+    original = subject.frames
     data_range = float(original.max())
-    bits = tokens.num_tokens * tokens.bits_per_token
     row: Dict[str, Any] = {
         "name": item.name, "kind": item.kind, "frames": item.num_frames, "shape": list(item.shape),
-        "bytes_per_frame": bits / 8 + SIDE_BYTES / item.num_frames,
+        "bytes_per_frame": float(bytes_per_frame),
         "psnr": float(np.mean(psnr(decoded, original, data_range, axis=(-2, -1)))),
         "ssim": float(np.mean(frame_ssim(decoded, original, data_range))) if min(item.shape[-2:]) >= 7 else None,
         "decode_ms_per_frame": ms,
@@ -244,8 +278,8 @@ def evaluate_item(codec: TiTokMRI, tokens: TokenFile, item: TokenItem, subject, 
     row["compression_ratio"] = item.shape[2] * item.shape[3] * 2 / row["bytes_per_frame"]
     phases = (item.ed, item.es)
     if codec.segmenter is not None and all(p in subject.labels for p in phases):
-        seg_dec = [segment_frames(codec, decoded[p], item.scale, tokens.image_size) for p in phases]
-        seg_orig = [segment_frames(codec, original[p], item.scale, tokens.image_size) for p in phases]
+        seg_dec = [segment_frames(codec, decoded[p], item.scale, image_size) for p in phases]
+        seg_orig = [segment_frames(codec, original[p], item.scale, image_size) for p in phases]
         truth = [subject.labels[p] for p in phases]
         dice_dec = np.nanmean([dice_scores(s, t) for s, t in zip(seg_dec, truth)], axis=0)
         dice_orig = np.nanmean([dice_scores(s, t) for s, t in zip(seg_orig, truth)], axis=0)
@@ -254,7 +288,72 @@ def evaluate_item(codec: TiTokMRI, tokens: TokenFile, item: TokenItem, subject, 
         row.update({f"dice_original_{k}": float(dice_orig[i]) for i, k in enumerate(STRUCTURES)})
         row.update(clinical_errors(*seg_dec, *truth, spacing))
         row.update({f"original_{k}": v for k, v in clinical_errors(*seg_orig, *truth, spacing).items() if k.endswith("_error")})
+        if keep is not None:
+            keep.update(decoded=decoded, seg_decoded=seg_dec, seg_original=seg_orig)
     return row
+
+
+def evaluate_item(codec: TiTokMRI, tokens: TokenFile, item: TokenItem, subject, args,
+                  keep: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Decode ``item``'s tokens and score them (:func:`score_frames`)."""
+    check_frames(subject, item)
+    start = time.perf_counter()
+    decoded = decode_item(codec, tokens, item, args.steps, args.seed, args.batch_size)
+    ms = 1000 * (time.perf_counter() - start) / item.num_frames
+    return score_frames(codec, tokens.image_size, item, subject, decoded, ms, token_bytes_per_frame(tokens, item), keep)
+
+
+def standard_item(codec: TiTokMRI, tokens: TokenFile, item: TokenItem, subject, args,
+                  keep: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Code ``item``'s original frames with the standard codec ``args.standard`` at the tokens' rate and
+    score the round trip (:func:`score_frames`).
+
+    Budget: the tokens' bytes per frame of this item (:func:`token_bytes_per_frame`). The standard codec
+    stores the same side information (its dequantisation scale, float32, in place of the token file's
+    scale; T, Z, h, w, ED, ES), so each frame's stream may take the ids' bytes, ``floor(K bits / 8)``
+    (data/standard_codecs.py: 8-bit frames, rate search, every byte counted); the row's
+    ``bytes_per_frame`` is what it achieved (mean stream bytes plus the side information's share),
+    ``over_budget`` says whether any frame's smallest stream exceeded its cap (``over_budget_frames``
+    how many). ``decode_ms_per_frame`` times Pillow's decoding and the dequantisation,
+    ``encode_ms_per_frame`` the encoding with its rate search."""
+    check_frames(subject, item)
+    budget = token_bytes_per_frame(tokens, item)
+    cap = int(math.floor(token_payload_bytes(tokens)))
+    q, vmax = quantise(subject.frames)
+    start = time.perf_counter()
+    coded = encode_frames(q, args.standard, cap)
+    encode_ms = 1000 * (time.perf_counter() - start) / item.num_frames
+    start = time.perf_counter()
+    decoded = dequantise(decode_frames(coded.streams, args.standard, q.shape), vmax)
+    ms = 1000 * (time.perf_counter() - start) / item.num_frames
+    sizes = coded.sizes
+    achieved = float(sizes.mean()) + SIDE_BYTES / item.num_frames
+    row = score_frames(codec, tokens.image_size, item, subject, decoded, ms, achieved, keep)
+    row.update({"method": args.standard, "bit_depth": BIT_DEPTH, "budget_bytes_per_frame": budget,
+                "stream_cap_bytes": cap, "stream_bytes_min": int(sizes.min()), "stream_bytes_max": int(sizes.max()),
+                "over_budget": bool(coded.over_budget.any()), "over_budget_frames": int(coded.over_budget.sum()),
+                "encode_ms_per_frame": encode_ms})
+    if args.standard_out:
+        write_streams(Path(args.standard_out), item, coded, vmax, cap)
+    return row
+
+
+def write_streams(out: Path, item: TokenItem, coded, vmax: float, cap: int) -> Path:
+    """The standard codec's streams of ``item`` as a user would store them: ``<out>/<name>/t###_z###<suffix>``
+    (one file per frame) and ``side.json`` (method, bit depth, ``vmax``: frames = q vmax / 255, shape,
+    ED/ES, spacing, the per-frame cap). Files written atomically; returns the item's folder."""
+    folder = out / item.name
+    t, z = item.shape[:2]
+    suffix = STANDARD_SUFFIX[coded.method]
+    for i, stream in enumerate(coded.streams):
+        with atomic_path(folder / f"t{i // z:03d}_z{i % z:03d}{suffix}") as tmp:
+            tmp.write_bytes(stream)
+    side = {"method": coded.method, "bit_depth": BIT_DEPTH, "vmax": vmax, "shape": list(item.shape), "ed": item.ed,
+            "es": item.es, "spacing": list(item.spacing), "stream_cap_bytes": cap,
+            "over_budget_frames": int(coded.over_budget.sum())}
+    with atomic_path(folder / "side.json") as tmp:
+        tmp.write_text(json.dumps(side, indent=1))
+    return folder
 
 
 def _mean(rows: List[Dict[str, Any]], key: str) -> Optional[float]:
@@ -295,10 +394,18 @@ def _fmt(value) -> str:
 
 
 def cmd_evaluate(args) -> int:
+    for path, prepare in ((args.json_out, prepare_output_file), (args.figures, prepare_output_dir),
+                          (args.standard_out, prepare_output_dir)):
+        if path:
+            prepare(path)  # fail before any work
     tokens, codec = _load_for_tokens(args)
     subjects = {name: (kind, path) for name, kind, path in find_subjects(args.data)}
+    method = args.standard or "titok"
+    score_item = standard_item if args.standard else evaluate_item
     rows, failures = [], 0
+    figure: Dict[str, Any] = {}
     for item in tokens.items:
+        keep: Optional[Dict[str, Any]] = {} if args.figures and not figure else None
         try:
             if item.name not in subjects:
                 raise CodecError(f"{args.data}: has no {item.kind} item {item.name!r} (the token file's items are named "
@@ -306,16 +413,41 @@ def cmd_evaluate(args) -> int:
             kind, path = subjects[item.name]
             if kind != item.kind:
                 raise CodecError(f"{path}: is {kind} data, the token file encoded {item.kind}")
-            rows.append(evaluate_item(codec, tokens, item, read_subject(item.name, kind, path), args))
+            subject = read_subject(item.name, kind, path)
+            rows.append(score_item(codec, tokens, item, subject, args, keep))
         except (FormatError, ValueError, OSError) as exc:
             failures += 1
             print(f"error: {item.name}: {exc}", file=sys.stderr)
+            continue
+        if keep:
+            figure = dict(keep, item=item, subject=subject, row=rows[-1])
     if not rows:
         raise CodecError(f"{args.tokens}: no item could be evaluated")
-    report = {"tokens": str(args.tokens), "weights": str(args.weights), "steps": args.steps,
-              "summary": summarise(rows, tokens, Path(args.tokens).stat().st_size), "items": rows}
+    summary = summarise(rows, tokens, Path(args.tokens).stat().st_size)
+    summary["method"] = method
+    if args.standard:
+        frames = summary["frames"]
+        summary.update({
+            "bit_depth": BIT_DEPTH, "file_bytes_per_frame": summary["bytes_per_frame"],
+            "file_compression_ratio": summary["compression_ratio"],
+            "budget_bytes_per_frame": sum(r["budget_bytes_per_frame"] * r["frames"] for r in rows) / frames,
+            "over_budget": any(r["over_budget"] for r in rows),
+            "over_budget_frames": sum(r["over_budget_frames"] for r in rows),
+            "encode_ms_per_frame": sum(r["encode_ms_per_frame"] * r["frames"] for r in rows) / frames})
+    report = {"tokens": str(args.tokens), "weights": str(args.weights), "steps": args.steps, "method": method,
+              "summary": summary, "items": rows}
+    if args.figures:
+        if figure:
+            path = write_strip(Path(args.figures), figure, method, tokens.num_tokens)
+            print(f"[codec] figure: {path}", file=sys.stderr)
+        else:
+            print("note: --figures: no item with ED/ES labels was scored with a segmenter: no strip drawn", file=sys.stderr)
+    text = json.dumps(_nan_to_none(report), indent=2, allow_nan=False)
+    if args.json_out:
+        with atomic_path(Path(args.json_out)) as tmp:
+            tmp.write_text(text + "\n")
     if args.json:
-        print(json.dumps(_nan_to_none(report), indent=2, allow_nan=False))
+        print(text)
     else:
         shown = ("psnr", "ssim", "bytes_per_frame", "compression_ratio", "dice_rv", "dice_myo", "dice_lv", "lv_ef_error",
                  "rv_ef_error", "decode_ms_per_frame")
@@ -323,10 +455,40 @@ def cmd_evaluate(args) -> int:
         for r in rows + [{"name": "mean", **report["summary"]}]:
             print(r["name"][-47:].ljust(48) + "".join(_fmt(r.get(k)).rjust(13) for k in shown))
         s = report["summary"]
-        print(f"[codec] {s['frames']} frames, {s['tokens_per_frame']} tokens/frame: {_fmt(s['bytes_per_frame'])} bytes/frame "
-              f"({_fmt(s['file_bytes_per_frame'])} in the file), compression {_fmt(s['compression_ratio'])}x vs 16-bit"
-              + (f", Dice ratio decoded/original {_fmt(s['dice_ratio'])}" if "dice_ratio" in s else ""))
+        if args.standard:
+            print(f"[codec] {s['frames']} frames, {method} ({BIT_DEPTH}-bit) at the budget of {s['tokens_per_frame']} "
+                  f"tokens/frame ({_fmt(s['budget_bytes_per_frame'])} bytes/frame): {_fmt(s['bytes_per_frame'])} bytes/frame, "
+                  f"compression {_fmt(s['compression_ratio'])}x vs 16-bit"
+                  + (f", OVER BUDGET in {s['over_budget_frames']} frame(s): the smallest {method} stream is larger"
+                     if s["over_budget"] else ", within budget")
+                  + (f", Dice ratio decoded/original {_fmt(s['dice_ratio'])}" if "dice_ratio" in s else ""))
+        else:
+            print(f"[codec] {s['frames']} frames, {s['tokens_per_frame']} tokens/frame: {_fmt(s['bytes_per_frame'])} bytes/frame "
+                  f"({_fmt(s['file_bytes_per_frame'])} in the file), compression {_fmt(s['compression_ratio'])}x vs 16-bit"
+                  + (f", Dice ratio decoded/original {_fmt(s['dice_ratio'])}" if "dice_ratio" in s else ""))
     return 1 if failures else 0
+
+
+def write_strip(out: Path, figure: Dict[str, Any], method: str, num_tokens: int) -> Path:
+    """``<out>/codec_strip_<method>_k<K>.png``: ED and ES of the middle slice of the first labelled item,
+    original | decoded | |error|, the segmenter's contours on both (data/codec_figures.py)."""
+    from data.codec_figures import save_codec_strip
+
+    item, row = figure["item"], figure["row"]
+    z = item.shape[1] // 2
+    phases = (item.ed, item.es)
+    original = np.stack([figure["subject"].frames[p, z] for p in phases])
+    decoded = np.stack([figure["decoded"][p, z] for p in phases])
+    seg_orig = np.stack([s[z] for s in figure["seg_original"]])
+    seg_dec = np.stack([s[z] for s in figure["seg_decoded"]])
+    name = METHOD_NAMES.get(method, method)
+    dice = np.mean([row[f"dice_{k}"] for k in STRUCTURES])
+    title = (f"{item.name}, slice {z + 1}/{item.shape[1]}: {name} at K={num_tokens}, {row['bytes_per_frame']:.1f} bytes/frame"
+             f"{' (over budget)' if row.get('over_budget') else ''}\nPSNR {row['psnr']:.2f} dB, mean Dice {dice:.3f} "
+             f"(original frames {np.mean([row[f'dice_original_{k}'] for k in STRUCTURES]):.3f})")
+    return save_codec_strip(out / f"codec_strip_{method}_k{num_tokens}.png", original, decoded, seg_orig, seg_dec,
+                            rows=(f"ED (frame {item.ed + 1})", f"ES (frame {item.es + 1})"), decoded_name=name,
+                            title=title)
 
 
 def _nan_to_none(value):
@@ -367,6 +529,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="decode in memory and compare with the original frames")
     ev.add_argument("--data", required=True, help="the folder that was encoded")
     ev.add_argument("--json", action="store_true", help="print the report as JSON")
+    ev.add_argument("--json_out", default=None, help="also write the JSON report to this file")
+    ev.add_argument("--standard", default=None, metavar="|".join(STANDARDS),
+                    help="score a standard codec (Pillow) on the original frames at the tokens' bytes per frame "
+                         "instead of decoding the tokens")
+    ev.add_argument("--standard_out", default=None, help="with --standard: write its streams (one file per frame) "
+                                                         "and side.json per item under this folder")
+    ev.add_argument("--figures", default=None, help="folder for the PNG strip of the first labelled item (ED/ES of "
+                                                    "its middle slice: original | decoded | error, contours)")
     common(ev, tokens=True)
     return parser
 
@@ -378,6 +548,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if getattr(args, "steps", None) is not None and not 1 <= args.steps <= 8:
         print(f"error: --steps must be 1..8, got {args.steps}", file=sys.stderr)
+        return 2
+    if getattr(args, "standard", None) is not None and args.standard not in STANDARDS:
+        print(f"error: --standard must be one of {', '.join(STANDARDS)}, got {args.standard!r}", file=sys.stderr)
+        return 2
+    if getattr(args, "standard_out", None) and not args.standard:
+        print("error: --standard_out needs --standard jpeg2000|jpeg", file=sys.stderr)
         return 2
     try:
         return {"encode": cmd_encode, "decode": cmd_decode, "evaluate": cmd_evaluate}[args.command](args)

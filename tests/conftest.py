@@ -147,3 +147,62 @@ def _cine_batch(b=2, c=3, h=24, w=20, seed=0, two_d=False):
 def cine_batch():
     """Builder ``cine_batch(b=2, c=3, h=24, w=20, seed=0, two_d=False) -> (masked k-space, mask)``."""
     return _cine_batch
+
+
+# TiTok-MRI codec data and weights shared by tests/test_titok_codec.py and tests/test_codec_demo.py.
+def _perturb_dit(model, seed: int) -> None:
+    """Non-zero values in the DiT's zero-initialised layers, so decoding depends on the tokens."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "adaLN_modulation" in name or name.startswith("final.linear"):
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+
+
+def make_codec_weights(folder: Path, seed: int = 0, decoder=None, **tokenizer_hparams) -> Path:
+    """A codec weights folder (models/titok_mri.py CODEC_ARTIFACTS) of ``tiny`` presets under ``folder``:
+    the tokenizer (``tokenizer_hparams`` override its preset), and unless ``decoder`` is False a DiT with
+    its zero-initialised layers perturbed and an ``acdc_tiny`` segmenter (``decoder`` defaults to True
+    without overrides, False with them). The DiT follows the tokenizer's K."""
+    from models import build_model
+    from models.titok_mri import CODEC_ARTIFACTS
+    from utils.artifacts import ArtifactInfo, save_artifact
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    tok = build_model("titok", "tiny", **tokenizer_hparams)
+    parts = {"tokenizer": ("titok", tok)}
+    if decoder is None:
+        decoder = not tokenizer_hparams
+    if decoder:
+        dit = build_model("titok_dit", "tiny", num_latent_tokens=tok.config.num_latent_tokens)
+        _perturb_dit(dit, seed)
+        parts["decoder"] = ("titok_dit", dit)
+        parts["segmenter"] = ("nnmamba_seg", build_model("nnmamba_seg", "acdc_tiny"))
+    for role, (name, model) in parts.items():
+        save_artifact(model, folder / CODEC_ARTIFACTS[role], ArtifactInfo(name, model.config.to_dict(), "tests", 1, 1, "acdc"))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def codec_weights_builder():
+    """:func:`make_codec_weights`: ``codec_weights_builder(folder, seed=0, decoder=None, **tokenizer_hparams)``."""
+    return make_codec_weights
+
+
+@pytest.fixture(scope="session")
+def tiny_cine(tmp_path_factory):
+    """The tiny cine simulator's first subject (seed 0): ACDC training/patient001 (labelled ED/ES) and
+    CMRxRecon TrainingSet P001 (sax, lax). Read-only: copy before changing anything."""
+    from data.simulate_cine import generate_dataset
+
+    root = tmp_path_factory.mktemp("cine")
+    generate_dataset(root, "tiny", seed=0, progress=False, subjects=[1])
+    return root
+
+
+@pytest.fixture(scope="session")
+def codec_weights(tmp_path_factory):
+    """Tiny codec weights (K 8, codebook 128: 7 bytes of ids per frame) with a DiT and a segmenter (seed 0)."""
+    return make_codec_weights(tmp_path_factory.mktemp("codec_w") / "weights")

@@ -19,7 +19,6 @@ from data.codec_io import TokenFile, TokenItem, read_token_file, write_token_fil
 from data.matlab import read_mat
 from models import build_model
 from models.titok_mri import CODEC_ARTIFACTS, TiTokMRI, neighbour_offsets
-from utils.artifacts import ArtifactInfo, save_artifact
 from utils.objectives import (CodecDiTObjective, SegmentationObjective, TokenizerObjective, cavity_area_error,
                               soft_dice_loss)
 
@@ -37,43 +36,10 @@ def _load_cli():
 CLI = _load_cli()
 
 
-def _perturb(model, seed):
-    """Non-zero values in the DiT's zero-initialised layers, so decoding depends on the tokens."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "adaLN_modulation" in name or name.startswith("final.linear"):
-                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
-
-
-def _write_weights(folder: Path, seed: int = 0, **tokenizer_hparams) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    tok = build_model("titok", "tiny", **tokenizer_hparams)
-    parts = {"tokenizer": ("titok", tok)}
-    if not tokenizer_hparams:
-        dit = build_model("titok_dit", "tiny")
-        _perturb(dit, seed)
-        parts["decoder"] = ("titok_dit", dit)
-        parts["segmenter"] = ("nnmamba_seg", build_model("nnmamba_seg", "acdc_tiny"))
-    for role, (name, model) in parts.items():
-        save_artifact(model, folder / CODEC_ARTIFACTS[role], ArtifactInfo(name, model.config.to_dict(), "tests", 1, 1, "acdc"))
-    return folder
-
-
 @pytest.fixture(scope="module")
-def tiny_cine(tmp_path_factory):
-    """The tiny simulator's first subject: ACDC training/patient001 and CMRxRecon P001 (sax, lax)."""
-    from data.simulate_cine import generate_dataset
-
-    root = tmp_path_factory.mktemp("cine")
-    generate_dataset(root, "tiny", seed=0, progress=False, subjects=[1])
-    return root
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    return _write_weights(tmp_path_factory.mktemp("w") / "weights")
+def weights(codec_weights):
+    """Tiny codec weights (conftest.py: make_codec_weights; tiny_cine is conftest's too)."""
+    return codec_weights
 
 
 @pytest.fixture(scope="module")
@@ -309,13 +275,13 @@ def _one_error(code, err, words):
     assert code == 1 and len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], err
 
 
-def test_cli_bad_inputs(tiny_cine, weights, encoded, tmp_path, capsys):
+def test_cli_bad_inputs(tiny_cine, weights, encoded, tmp_path, capsys, codec_weights_builder):
     decode = ["decode", "--tokens", str(encoded), "--out", str(tmp_path / "out")]
     # tokens from other weights (same architecture, another initialisation)
-    other = _write_weights(tmp_path / "other", seed=1)
+    other = codec_weights_builder(tmp_path / "other", seed=1)
     _one_error(*_run(capsys, decode + ["--weights", str(other)])[::2], "made by other tokenizer weights")
     # weights for another frame size
-    wide = _write_weights(tmp_path / "wide", image_size=(64, 64))
+    wide = codec_weights_builder(tmp_path / "wide", image_size=(64, 64))
     _one_error(*_run(capsys, decode + ["--weights", str(wide)])[::2], "frame-size mismatch")
     # a truncated token file
     cut = tmp_path / "cut.npz"
