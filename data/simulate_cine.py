@@ -1,6 +1,6 @@
 """Synthetic cardiac cine data: a CMRxRecon 2023 multi-coil cine tree and an ACDC tree of the same subjects.
 
-    python -m data.simulate_cine --out DIR --preset {tiny,demo,full} --seed N
+    python -m data.simulate_cine --out DIR --preset {tiny,demo,codec,full} --seed N [--trees both|acdc]
 
 writes (DESIGN.md "Cardiac cine")::
 
@@ -41,12 +41,17 @@ preset   train  valid  frames  SAX   coils  SAX ky x kx     LAX ky x kx     pixe
 =======  =====  =====  ======  ====  =====  ==============  ==============  =====
 tiny     2      1      6       3     4      48 x 96         40 x 96         5.0
 demo     8      3      12      4     10     64 x 96         48 x 96         4.5
+codec    40     3      12      4     10     64 x 96         48 x 96         4.5
 full     120    60     12      10    10     246 x 512       204 x 448       1.4
 =======  =====  =====  ======  ====  =====  ==============  ==============  =====
 
 ``full`` has CMRxRecon 2023's counts and SAX/LAX matrix sizes; it is documented, never run in CI
 (about 1.4 GB of FullSample k-space per subject, ~3 GB with the AccFactor copies, ~500 GB in all).
-``tiny`` is for tests; ``demo`` is sized for a CPU demo. The AccFactor k-space files of ``demo`` and
+``tiny`` is for tests; ``demo`` is sized for a CPU demo; ``codec`` is ``demo`` with five times the training
+subjects, for the TiTok-MRI codec demo (its tokenizer and DiT learn the anatomy from frames, and 8 subjects
+are too few to generalise to unseen ones); it is meant for ``--trees acdc``, which writes the ACDC tree only
+and skips the long-axis views and every k-space file (the SAX k-space is still simulated: the ACDC cine is
+its RSS image). The AccFactor k-space files of ``demo`` and
 ``full`` are gzip-compressed (level 4: their zero lines shrink them to ~55-65 % at demo size), FullSample
 files are not (noise does not compress, and training reads them frame by frame). The 24 ACS lines are
 the 2023 contract at every size, so at the small demo matrices they are a large share of the lines
@@ -102,6 +107,7 @@ LABEL_MEDIAN = (1.5e-4, 3.0e-4)  # median noiseless RSS over the object
 NOISE_FLOOR = (0.02, 0.05)  # noise std per coil sample x sqrt(C) / that median
 _OBJECT_LEVEL = 0.1
 ACDC_MAX = 1000.0  # the ACDC cine's 99.5th percentile
+TREES = ("both", "acdc")  # what generate_dataset writes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +129,7 @@ class CinePreset:
 PRESETS: Dict[str, CinePreset] = {
     "tiny": CinePreset("tiny", 2, 1, 6, 3, 4, (48, 96), (40, 96), 5.0, None),
     "demo": CinePreset("demo", 8, 3, 12, 4, 10, (64, 96), (48, 96), 4.5, 4),
+    "codec": CinePreset("codec", 40, 3, 12, 4, 10, (64, 96), (48, 96), 4.5, 4),
     "full": CinePreset("full", 120, 60, 12, 10, 10, (246, 512), (204, 448), 1.4, 4),
 }
 
@@ -184,7 +191,7 @@ class SimulatedSubject:
     es_frame: int
     rr_ms: float
     sax: SimulatedView
-    lax: SimulatedView
+    lax: Optional[SimulatedView]  # None when simulated for the ACDC tree only
 
 
 def _grid(planes: Planes, z_mm: np.ndarray) -> Grid:
@@ -238,8 +245,9 @@ def _acquire(rng: np.random.Generator, magnitude: np.ndarray, planes: Planes, co
     return kspace.numpy()
 
 
-def simulate_subject(seed: int, spec: SubjectSpec, preset: CinePreset) -> SimulatedSubject:
-    """Simulate one subject's SAX stack and LAX views (a pure function of ``(seed, spec, preset)``)."""
+def simulate_subject(seed: int, spec: SubjectSpec, preset: CinePreset, lax: bool = True) -> SimulatedSubject:
+    """Simulate one subject's SAX stack and LAX views (a pure function of ``(seed, spec, preset)``); with
+    ``lax=False`` the LAX views are skipped (``None``) and the SAX stack is the same."""
     rng = subject_rng(seed, spec)
     subject = sample_subject(rng, spec.group)
     rr_ms = float(rng.uniform(750.0, 1100.0))
@@ -247,6 +255,9 @@ def simulate_subject(seed: int, spec: SubjectSpec, preset: CinePreset) -> Simula
     views = {}
     for view, planes in (("sax", sax_planes(subject, preset.sax_slices, preset.sax_shape, preset.pixel_mm)),
                          ("lax", lax_planes(subject, preset.lax_shape, preset.pixel_mm))):
+        if view == "lax" and not lax:
+            views[view] = None
+            continue
         magnitude, labels = render(subject, planes, T)
         S = magnitude.shape[1]
         if view == "sax":
@@ -270,13 +281,14 @@ def acdc_cine(kspace: np.ndarray) -> np.ndarray:
     return (out * (ACDC_MAX / max(float(np.percentile(out, 99.5)), 1e-30))).astype(np.float32)
 
 
-def write_subject(root: Path, sim: SimulatedSubject, compression: Optional[int] = None) -> List[Path]:
-    """Write one simulated subject into both trees under ``root`` (``compression``: gzip level of the
-    AccFactor k-space); returns the written paths."""
+def write_subject(root: Path, sim: SimulatedSubject, compression: Optional[int] = None,
+                  trees: str = "both") -> List[Path]:
+    """Write one simulated subject into both trees under ``root`` (``trees="acdc"``: the ACDC tree only;
+    ``compression``: gzip level of the AccFactor k-space); returns the written paths."""
     spec, T = sim.spec, sim.sax.kspace.shape[0]
     set_dir = Path(root) / "CMRxRecon" / "MultiCoil" / "Cine" / spec.set_name
     written: List[Path] = []
-    for view, data in (("sax", sim.sax), ("lax", sim.lax)):
+    for view, data in (("sax", sim.sax), ("lax", sim.lax)) if trees == "both" else ():
         written.append(write_cine_fullsample(set_dir, spec.name, view, data.kspace))
         ky, kx = data.kspace.shape[-2:]
         for acc in ACCELERATIONS:
@@ -300,8 +312,9 @@ def write_subject(root: Path, sim: SimulatedSubject, compression: Optional[int] 
 
 
 def generate_dataset(out, preset: str = "tiny", seed: int = 0, progress: bool = True,
-                     subjects: Optional[Sequence[int]] = None) -> List[Path]:
-    """Write both trees of ``preset`` under ``out``; returns the written paths.
+                     subjects: Optional[Sequence[int]] = None, trees: str = "both") -> List[Path]:
+    """Write both trees of ``preset`` under ``out`` (``trees="acdc"``: the ACDC tree only); returns the
+    written paths.
 
     ``subjects``: global subject numbers to generate (default all, in order); any subset or order
     writes the same files for those subjects.
@@ -310,6 +323,8 @@ def generate_dataset(out, preset: str = "tiny", seed: int = 0, progress: bool = 
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if trees not in TREES:
+        raise ValueError(f"trees must be one of {TREES}, got {trees!r}")
     config = PRESETS[preset]
     specs = subject_specs(config)
     if subjects is not None:
@@ -320,7 +335,8 @@ def generate_dataset(out, preset: str = "tiny", seed: int = 0, progress: bool = 
         specs = [by_number[n] for n in subjects]
     written: List[Path] = []
     for spec in tqdm(specs, desc=f"simulate cine {preset}", unit="subject", disable=not progress, file=sys.stderr):
-        written += write_subject(Path(out), simulate_subject(seed, spec, config), config.compression)
+        sim = simulate_subject(seed, spec, config, lax=trees == "both")
+        written += write_subject(Path(out), sim, config.compression, trees)
     return written
 
 
@@ -329,6 +345,8 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", required=True, help="output root (gets CMRxRecon/ and ACDC/)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--trees", choices=TREES, default="both",
+                        help="both (CMRxRecon and ACDC, default) or acdc (the ACDC tree only: no k-space files)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -342,7 +360,7 @@ def _main(argv: Optional[Sequence[str]] = None) -> int:
     start = time.perf_counter()
     try:
         prepare_output_dir(args.out)  # fail before any work
-        files = generate_dataset(args.out, args.preset, args.seed, progress=not args.no_progress)
+        files = generate_dataset(args.out, args.preset, args.seed, progress=not args.no_progress, trees=args.trees)
     except OutputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -29,7 +29,7 @@ tokenizer's ``image_size``; patch ``p``, ``N = (H/p)(W/p)`` image tokens of ``wi
   how frames are batched (up to float rounding).
 
 Presets: ``paper`` (DiT-S-like: width 384, 12 layers, 6 heads, 256x256, patch 8), ``demo`` (64x64, patch
-4, width 192, 6 layers), ``tiny`` (48x48, patch 8, width 32, 1 layer) for tests.
+4, width 96, 4 layers), ``tiny`` (48x48, patch 8, width 32, 1 layer) for tests.
 """
 from __future__ import annotations
 
@@ -74,8 +74,8 @@ class DiTConfig(ModelConfig):
 
     PRESETS: ClassVar[Dict[str, Dict[str, Any]]] = {
         "paper": {},
-        "demo": {"image_size": (64, 64), "patch_size": 4, "width": 192, "depth": 6, "heads": 3,
-                 "seg_channels": 16, "seg_patch_size": 8},
+        "demo": {"image_size": (64, 64), "patch_size": 4, "width": 96, "depth": 4, "heads": 3,
+                 "seg_channels": 8, "seg_patch_size": 8},
         "tiny": {"image_size": (48, 48), "patch_size": 8, "width": 32, "depth": 1, "heads": 2,
                  "num_latent_tokens": 8, "seg_channels": 4, "seg_patch_size": 8, "sample_steps": 2},
     }

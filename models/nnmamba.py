@@ -92,7 +92,7 @@ class NNMambaSegConfig(_NNMambaCommon):
         "tiny": {"channels": 4, "blocks": 2, "d_state": 4, "num_classes": 3},
         # 2-D ACDC segmenters of the TiTok-MRI codec (4 classes: bg, RV, myocardium, LV; features = c channels)
         "acdc2d": {"spatial_dims": 2, "num_classes": 4},
-        "acdc_demo": {"spatial_dims": 2, "num_classes": 4, "channels": 16, "blocks": 2, "d_state": 8},
+        "acdc_demo": {"spatial_dims": 2, "num_classes": 4, "channels": 8, "blocks": 2, "d_state": 8},
         "acdc_tiny": {"spatial_dims": 2, "num_classes": 4, "channels": 4, "blocks": 2, "d_state": 4},
     }
 

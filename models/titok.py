@@ -34,7 +34,7 @@ percentile, so roughly [0, 1]).
 
 Presets: ``paper`` (TiTok-B-64: width 768, 12 layers, 12 heads, 256x256, patch 16, K 64), ``paper_l32``
 (TiTok-L-32: 1024/24/16, K 32), ``paper_s128`` (TiTok-S-128: 512/8/8, K 128); ``demo`` (64x64 frames,
-patch 8, width 192, 4 layers, K 64, codebook 4096); ``tiny`` (48x48, patch 8, width 32, 1 layer, K 8,
+patch 8, width 96, 3 layers, K 64, codebook 4096); ``tiny`` (48x48, patch 8, width 32, 1 layer, K 8,
 codebook 128) for tests.
 """
 from __future__ import annotations
@@ -91,8 +91,8 @@ class TiTokConfig(ModelConfig):
                       "decoder_heads": 16, "num_latent_tokens": 32},
         "paper_s128": {"width": 512, "depth": 8, "heads": 8, "decoder_width": 512, "decoder_depth": 8,
                        "decoder_heads": 8, "num_latent_tokens": 128},
-        "demo": {"image_size": (64, 64), "patch_size": 8, "width": 192, "depth": 4, "heads": 3,
-                 "decoder_width": 192, "decoder_depth": 4, "decoder_heads": 3, "num_latent_tokens": 64},
+        "demo": {"image_size": (64, 64), "patch_size": 8, "width": 96, "depth": 3, "heads": 3,
+                 "decoder_width": 96, "decoder_depth": 3, "decoder_heads": 3, "num_latent_tokens": 64},
         "tiny": {"image_size": (48, 48), "patch_size": 8, "width": 32, "depth": 1, "heads": 2,
                  "decoder_width": 32, "decoder_depth": 1, "decoder_heads": 2, "num_latent_tokens": 8,
                  "codebook_size": 128, "reseed_every": 4},

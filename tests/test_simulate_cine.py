@@ -1,5 +1,7 @@
 """Tests for the beating-heart simulator (data/heart_phantom.py, data/simulate_cine.py), tiny preset."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -240,3 +242,23 @@ def test_specs_seeds_and_bad_arguments(tmp_path, capsys):
     blocker.write_text("x")
     assert _main(["--out", str(blocker / "out"), "--preset", "tiny", "--no-progress"]) == 1
     assert "cannot write" in capsys.readouterr().err
+
+
+def test_acdc_tree_only_is_the_same_acdc_data(tree, tmp_path):
+    """``--trees acdc`` writes the ACDC tree alone, byte for byte the files of the full run, and skips the LAX
+    views; the ``codec`` preset is ``demo`` with more training subjects (its subjects equal demo's)."""
+    out = tmp_path / "acdc"
+    assert _main(["--out", str(out), "--preset", "tiny", "--seed", "7", "--trees", "acdc", "--no-progress"]) == 0
+    assert not (out / "CMRxRecon").exists()
+    assert relative_files(out / "ACDC") == relative_files(tree / "ACDC") and relative_files(out)
+    for rel in relative_files(out / "ACDC"):
+        assert (out / "ACDC" / rel).read_bytes() == (tree / "ACDC" / rel).read_bytes(), rel
+    spec = subject_specs(TINY)[0]
+    short = simulate_subject(7, spec, TINY, lax=False)
+    assert short.lax is None
+    np.testing.assert_array_equal(short.sax.kspace, simulate_subject(7, spec, TINY).sax.kspace)
+    codec, demo = PRESETS["codec"], PRESETS["demo"]
+    assert codec.train_subjects == 5 * demo.train_subjects
+    assert dataclasses.replace(codec, name="demo", train_subjects=demo.train_subjects) == demo
+    with pytest.raises(ValueError, match="trees"):
+        generate_dataset(tmp_path / "x", "tiny", trees="cmrxrecon")
