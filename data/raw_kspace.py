@@ -274,7 +274,7 @@ def assemble(
         s = int(np.argmax(short))
         have = int(occupied[s].sum())
         raise FormatError(path, "acquisitions", f"k-space lines missing: slice {int(slices[s])} has {have} of the "
-                                                f"{int(expected[s].sum())} (partition, line) readouts the other slices have")
+                                                f"{int(expected[0].sum())} (partition, line) readouts the other slices have")
 
     kspace = grid.reshape(S, P, W, C, H).permute(0, 1, 3, 4, 2)  # (S, P, C, H, W)
     if P > 1:  # kz -> z: centred inverse FFT along the partitions
