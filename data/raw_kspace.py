@@ -54,6 +54,7 @@ import dataclasses
 import io
 import math
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -499,6 +500,42 @@ def _looks_like_twix(path: Path, head: bytes, size: int) -> bool:
     return 32 < first < size and b"Config" in head[8:40]
 
 
+def _check_twix_blocks(path: Path) -> None:
+    """Walk the measurement data blocks the way ``twixtools.read_twix`` does, header by header, and
+    refuse a block that would not advance the walk (length 0: a corrupt or zero-filled file, on which
+    twixtools would loop for ever) or a measurement outside the file."""
+    from twixtools import hdr_def, helpers, mdb as mdb_module
+
+    size = path.stat().st_size
+    with open(path, "rb") as fid:
+        version_is_ve, _ = helpers.idea_version_check(fid)
+        if version_is_ve:
+            raid = np.fromfile(fid, dtype=hdr_def.MultiRaidFileHeader, count=1)
+            if raid.size == 0:
+                raise FormatError(path, "-", "twix file truncated inside its file header")
+            count = int(raid[0]["hdr"]["count_"])
+            entries = raid[0]["entry"][:count]
+            spans = [(int(e["off_"]), int(e["len_"]) or size - int(e["off_"])) for e in entries]
+        else:
+            spans = [(0, size)]
+        for start, length in spans:
+            end = start + length
+            if not 0 <= start < size or end > size:
+                raise FormatError(path, "-", f"twix measurement at bytes {start}..{end} lies outside the file ({size} bytes): truncated")
+            fid.seek(start)
+            init = np.fromfile(fid, dtype=hdr_def.SingleMeasInit, count=1)
+            pos = start + (int(init[0]["hdr_len"]) if init.size else size)
+            while pos + 128 < end:
+                fid.seek(pos)
+                block = mdb_module.Mdb(fid, version_is_ve)
+                if block.is_flag_set("ACQEND"):
+                    break
+                step = int(block.dma_len)
+                if step <= 0:
+                    raise FormatError(path, "-", f"twix data block of length 0 at byte {pos}: file corrupt or zero-filled")
+                pos += step
+
+
 def read_twix(path, repetitions: str = "mean") -> RawVolume:
     """Read a Siemens twix ``.dat`` (VB or VD/VE) into :class:`RawVolume`: ``twixtools.map_twix``, the
     last measurement that has an ``image`` scan (multi-raid files put adjustment scans first), its MDH
@@ -506,8 +543,12 @@ def read_twix(path, repetitions: str = "mean") -> RawVolume:
     path = Path(path)
     twixtools = _require(path, "twixtools", "twixtools")
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # twixtools prints progress and warnings
+        _check_twix_blocks(path)
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():  # twixtools prints and warns
+            warnings.simplefilter("ignore")
             measurements = twixtools.map_twix(str(path), verbose=False)
+    except FormatError:
+        raise
     except Exception as exc:  # noqa: BLE001 (twixtools raises many kinds on a corrupt file)
         raise FormatError(path, "-", f"twix file cannot be read, truncated or corrupt ({exc.__class__.__name__})") from None
     scans = [m for m in measurements if isinstance(m, dict) and "image" in m]

@@ -257,4 +257,16 @@ def test_bad_raw_inputs_one_clear_error(tmp_path):
         f["kspace"] = known
     _one_line_error(challenge, "use convert-fastmri")
     _one_line_error(GE_ARCHIVE, "GE ScanArchive")
+    # twix: truncated, and a data block of length 0 (twixtools itself would loop for ever on it)
+    raw = TWIX_GRE.read_bytes()
+    (tmp_path / "cut.dat").write_bytes(raw[: len(raw) // 3])
+    _one_line_error(tmp_path / "cut.dat", "truncated")
+    from twixtools import mdh_def
+
+    start = 10240 + int(np.frombuffer(raw[10240:10244], "<u4")[0])  # first data block of the measurement
+    block = mdh_def.Scan_header()
+    mdh_def.set_flag(block, "SYNCDATA", True)
+    block.FlagsAndDMALength = (block.FlagsAndDMALength >> 25) << 25  # declared length 0
+    (tmp_path / "loop.dat").write_bytes(raw[:start] + bytes(block) + bytes(len(raw) - start - len(bytes(block))))
+    _one_line_error(tmp_path / "loop.dat", "length 0")
     _one_line_error(ISMRMRD_SPIRAL, "spiral trajectory is not Cartesian")
