@@ -1,6 +1,6 @@
 """Synthetic challenge data set: a complete ``Data/`` tree of brain- and knee-like multi-coil volumes.
 
-    python -m data.simulate --out DIR --preset {tiny,demo,full} --seed N
+    python -m data.simulate --out DIR --preset {tiny,demo,full,realtest} --seed N
 
 writes (DESIGN.md data contract)::
 
@@ -41,6 +41,10 @@ demo     4            2            4       4      768 x 396      640 x {372, 396
 full     100          29           16      16     768 x 396      640 x {372..396}  4-14 each side
 =======  ===========  ===========  ======  =====  =============  ================  ================
 
+``realtest`` is not a phantom preset: it writes only ``DIR/leaderboard/acc{4,8}`` (3 brain volumes of 4
+slices each per acceleration, 8 coils, 768 x 396) from real brain slices held out of all training
+(:mod:`data.real_anatomy`, which says where they come from); there is no real knee.
+
 ``tiny`` (tests) has no readout oversampling so that GRAPPA stays cheap; ``demo`` is small enough for a
 CPU demo to train on in minutes; ``full`` has the SNU 2025 challenge's counts (train 1..100 per anatomy
 and acceleration, leaderboard 29 brain + 29 knee = 58 per acceleration) and sizes. Knee widths below
@@ -80,6 +84,7 @@ __all__ = [
     "volume_specs",
     "volume_rng",
     "simulate_kspace",
+    "acquire_kspace",
     "noise_mixing",
     "rss_image",
     "volume_images",
@@ -90,6 +95,7 @@ __all__ = [
 ANATOMIES = ("brain", "knee")
 ACCELERATIONS = (4, 8)
 SPLITS = ("train", "leaderboard")
+REALTEST = "realtest"  # the real-anatomy test leaderboard preset (data/real_anatomy.py)
 _TAG = 0x5D47A  # separates these seeds from other uses of the same user seed
 
 # median of the noiseless RSS label over the object (2.4-5x / 3-6x the leaderboard foreground thresholds
@@ -229,6 +235,24 @@ def simulate_kspace(rng: np.random.Generator, anatomy: str, preset: Preset) -> t
         H, W = preset.knee_height, int(rng.choice(preset.knee_widths))
     z = _slice_positions(rng, anatomy, S)
     obj = _object(rng, anatomy, z, H, W)
+    return acquire_kspace(rng, obj, z, anatomy, C, preset.knee_zero_columns if anatomy == "knee" else None)
+
+
+def acquire_kspace(rng: np.random.Generator, obj: torch.Tensor, z: np.ndarray, anatomy: str, coils: int,
+                   zero_columns: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+    """Fully sampled multi-coil k-space ``(S, C, H, W)`` complex64 of the complex object ``obj``
+    ``(S, H, W)`` (slices at positions ``z`` ``(S,)``, units of 192 px): the anatomy's coil array
+    (head coil around an axial slab, extremity coil along the leg), k-space ``fft2c`` of the coil
+    images, scaled so that the median of the noiseless RSS over the object (magnitude above 10 % of its
+    maximum, inside the central 384x384) is drawn from ``LABEL_MEDIAN[anatomy]``, plus correlated
+    complex Gaussian noise (background RSS ``NOISE_FLOOR[anatomy]`` times that median) and, when
+    ``zero_columns = (lo, hi)``, ``lo..hi`` zero columns at each width edge (knee). Used by
+    :func:`simulate_kspace` on phantoms and by :mod:`data.real_anatomy` on real images.
+    """
+    if anatomy not in ANATOMIES:
+        raise ValueError(f"anatomy must be one of {ANATOMIES}, got {anatomy!r}")
+    S, H, W = obj.shape
+    C = int(coils)
     coils = _coils(rng, anatomy, C, z)
     median = rng.uniform(*LABEL_MEDIAN[anatomy])
     floor = rng.uniform(*NOISE_FLOOR[anatomy])
@@ -254,8 +278,8 @@ def simulate_kspace(rng: np.random.Generator, anatomy: str, preset: Preset) -> t
         white = rng.standard_normal((2, n, C, H * W), dtype=np.float32)
         noise = torch.complex(torch.from_numpy(white[0]), torch.from_numpy(white[1])) * np.float32(sigma / np.sqrt(2))
         kspace[part] += (mixing @ noise).reshape(n, C, H, W)
-    if anatomy == "knee":
-        lo, hi = preset.knee_zero_columns
+    if zero_columns is not None:
+        lo, hi = zero_columns
         left, right = (int(v) for v in rng.integers(lo, hi + 1, size=2))
         kspace[..., :left] = 0
         kspace[..., W - right:] = 0
@@ -274,8 +298,12 @@ def write_volume(root: Path, spec: VolumeSpec, preset: Preset, seed: int) -> Tup
 
 def generate_dataset(out, preset: str = "tiny", seed: int = 0, progress: bool = True) -> List[Path]:
     """Write the whole ``Data`` tree of ``preset`` under ``out``; returns the written files."""
+    if preset == REALTEST:  # the real-anatomy test leaderboard (data/real_anatomy.py): leaderboard only
+        from data.real_anatomy import generate_realtest
+
+        return generate_realtest(out, seed, progress)
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS) + [REALTEST]}")
     root, spec_list = Path(out), volume_specs(PRESETS[preset])
     written: List[Path] = []
     for spec in tqdm(spec_list, desc=f"simulate {preset}", unit="vol", disable=not progress, file=sys.stderr):
@@ -286,7 +314,9 @@ def generate_dataset(out, preset: str = "tiny", seed: int = 0, progress: bool = 
 def _main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data.simulate", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="Data root to create (gets train/ and leaderboard/)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument("--preset", choices=sorted(PRESETS) + [REALTEST], default="tiny",
+                        help=f"{REALTEST}: the real-anatomy test leaderboard (held-out real brain slices, "
+                             "leaderboard only; data/real_anatomy.py)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
