@@ -267,6 +267,12 @@ def test_bad_raw_inputs_one_clear_error(tmp_path):
     block = mdh_def.Scan_header()
     mdh_def.set_flag(block, "SYNCDATA", True)
     block.FlagsAndDMALength = (block.FlagsAndDMALength >> 25) << 25  # declared length 0
-    (tmp_path / "loop.dat").write_bytes(raw[:start] + bytes(block) + bytes(len(raw) - start - len(bytes(block))))
-    _one_line_error(tmp_path / "loop.dat", "length 0")
+    loop = tmp_path / "loop.dat"
+    loop.write_bytes(raw[:start] + bytes(block) + bytes(len(raw) - start - len(bytes(block))))
+    code = f"from data.raw_kspace import read_raw\ntry:\n    read_raw({str(loop)!r})\nexcept ValueError as e:\n    print(e)"
+    try:  # in a child with a time limit: without the guard, twixtools never returns
+        res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{loop}: reading a twix file with a zero-length data block did not return")
+    assert res.stdout.strip().startswith(f"{loop}: ") and "length 0" in res.stdout, res.stdout + res.stderr
     _one_line_error(ISMRMRD_SPIRAL, "spiral trajectory is not Cartesian")
