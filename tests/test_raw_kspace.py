@@ -10,18 +10,17 @@ import sys
 from pathlib import Path
 
 import h5py
+import ismrmrd  # pinned in requirements.txt (with mrd-python, twixtools and the test files of mrbabel-data)
+import mrbabel_data
 import numpy as np
 import pytest
 import torch
+import twixtools
 
-ismrmrd = pytest.importorskip("ismrmrd")
-mrbabel_data = pytest.importorskip("mrbabel_data")
-twixtools = pytest.importorskip("twixtools")
-
-from data.formats import FormatError, read_image_file, read_kspace_file, validate_path  # noqa: E402
-from data.masks import make_mask  # noqa: E402
-from data.raw_kspace import convert_raw, read_raw  # noqa: E402
-from data.volumes import rss_image  # noqa: E402
+from data.formats import FormatError, read_image_file, read_kspace_file, validate_path
+from data.masks import make_mask
+from data.raw_kspace import convert_raw, read_raw
+from data.volumes import rss_image
 
 REPO = Path(__file__).resolve().parents[1]
 TWIX_GRE = Path(mrbabel_data.testdata("siemens"))
