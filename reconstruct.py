@@ -3,14 +3,21 @@ or (``--task cine``) a CMRxRecon cine set with the cine models routed by each ca
 
     python reconstruct.py --path_data <Data>/leaderboard --result_path <result> --weights {result,artifacts}
                           [--artifacts_dir artifacts] [--net_prefix promptmr] [--classifier_net anatomy_cnn]
-                          [--batch_size 4] [--device auto|cpu|cuda] [--no_progress]
+                          [--batch_size 4] [--device auto|cpu|cuda] [--no_progress] [--strict_routing]
 
 For every ``<path_data>/acc{4,8}/kspace/{name}.h5`` (undersampled k-space, mask):
 
 1. routing from the data only (a challenge rule; file and folder names are never used): the anatomy
-   from the classifier on the volume's ``image_grappa`` (``acc{4,8}/image/{name}.h5``), the acceleration
-   from the mask (:func:`data.masks.estimate_acceleration`, spacing outside the ACS, nearest of 4 and 8;
-   a spacing far from both, e.g. 6, goes to the nearest model with a warning);
+   from the classifier on the volume's ``image_grappa`` (``acc{4,8}/image/{name}.h5``) combined with
+   physical cues of the data (k-space height, zero edge columns, the object's extent along the
+   readout, its margins in ``image_grappa``, intensity structure) by the documented rule of
+   :mod:`data.routing`, with a calibrated confidence; where cues and classifier disagree, the
+   confidence is low or the volume looks like neither anatomy (a torso, noise, zeros), the volume is
+   routed by that rule and gets a warning (console, summary, ``routing.json``); the acceleration from
+   the mask (:func:`data.masks.estimate_acceleration`, spacing outside the ACS, nearest of 4 and 8; a
+   spacing far from both, e.g. 6, goes to the nearest model with a warning). ``--strict_routing``: a
+   volume with any routing warning is not reconstructed (an earlier output of it is removed), it is
+   an error line and the exit status is 1;
 2. the image-space height cut of that anatomy (:data:`data.transforms.HEIGHT_CUT`), then the routed model
    on every slice with its adjacent slices (edges clamped), ``--batch_size`` slices at a time, no gradients;
 3. ``<result>/test_reconstruct/reconstructions_leaderboard/acc{4,8}/{name}.h5`` (key ``reconstruction``,
@@ -199,6 +206,9 @@ class Routing:
     acs_width: int
     acceleration: int  # the model's acceleration (nearest supported)
     warning: Optional[str] = None
+    classifier_label: Optional[str] = None
+    classifier_confidence: Optional[float] = None
+    cues: Optional[Dict[str, Any]] = None  # data.routing.Cues.to_dict(); None when routed without k-space
 
     @property
     def role(self) -> str:
@@ -229,8 +239,18 @@ def read_volume(job: Job) -> VolumeData:
     return VolumeData(volume.kspace, volume.mask, grappa, time.perf_counter() - start)
 
 
-def route_volume(classifier, grappa, mask, device, path="volume") -> Routing:
-    """Anatomy from ``classifier`` on ``grappa`` ``(S, H, W)``; acceleration from ``mask`` ``(W,)``."""
+class RoutingRefused(ValueError):
+    """``--strict_routing``: a volume whose routing carries a warning is not reconstructed."""
+
+    def __init__(self, message: str, record: Dict[str, Any]):
+        super().__init__(message)
+        self.record = record
+
+
+def route_volume(classifier, grappa, mask, device, path="volume", kspace=None) -> Routing:
+    """Anatomy from ``classifier`` on ``grappa`` ``(S, H, W)`` combined with the physical cues of
+    ``kspace`` ``(S, C, H, W)``, ``mask`` and ``grappa`` (:mod:`data.routing`; without ``kspace`` the
+    classifier alone decides); acceleration from ``mask`` ``(W,)``."""
     import torch
 
     from data.formats import FormatError, MASK_KEY
@@ -246,11 +266,21 @@ def route_volume(classifier, grappa, mask, device, path="volume") -> Routing:
         raise FormatError(path, MASK_KEY, f"only the {est.acs_width} ACS lines are sampled, none outside: "
                                           "the acceleration is undefined")
     acc = int(est.acc)
-    warning = None
+    warnings = []
     if not abs(est.spacing / acc - 1) <= ACC_TOLERANCE:
-        warning = (f"{path}: mask: spacing {est.spacing:.2f} outside the ACS matches no model "
-                   f"{list(SUPPORTED_ACCELERATIONS)}; using the nearest, acc{acc}")
-    return Routing(LABELS[int(labels[0])], float(confidence[0]), float(est.spacing), int(est.acs_width), acc, warning)
+        warnings.append(f"{path}: mask: spacing {est.spacing:.2f} outside the ACS matches no model "
+                        f"{list(SUPPORTED_ACCELERATIONS)}; using the nearest, acc{acc}")
+    label, conf = LABELS[int(labels[0])], float(confidence[0])
+    anatomy, routed_conf, cues = label, conf, None
+    if kspace is not None:
+        from data.routing import decide, physical_cues
+
+        decision = decide(physical_cues(kspace, mask, grappa), conf if label == LABELS[1] else 1.0 - conf)
+        anatomy, routed_conf, cues = decision.anatomy, decision.confidence, decision.cues.to_dict()
+        if decision.warning:
+            warnings.append(f"{path}: anatomy: {decision.warning}")
+    return Routing(anatomy, routed_conf, float(est.spacing), int(est.acs_width), acc,
+                   "; ".join(warnings) or None, label, conf, cues)
 
 
 def reconstruct_kspace(model, kspace, mask, anatomy: str, batch_size: int, device):
@@ -278,8 +308,21 @@ def process_volume(job: Job, data: VolumeData, bank: ModelBank, args, device) ->
 
     start = time.perf_counter()
     classifier = bank.get(CLASSIFIER_ROLE)
-    routing = route_volume(classifier.model, data.grappa, data.mask, device, job.kspace_path)
+    routing = route_volume(classifier.model, data.grappa, data.mask, device, job.kspace_path, data.kspace)
+    record = {
+        "anatomy": routing.anatomy,
+        "confidence": round(routing.confidence, 6),
+        "classifier": {"anatomy": routing.classifier_label, "confidence": round(routing.classifier_confidence, 6)},
+        "cues": routing.cues,
+        "acc_spacing": round(routing.acc_spacing, 4),
+        "acs_width": routing.acs_width,
+        "acceleration": routing.acceleration,
+        "model": routing.role,
+        "warning": routing.warning,
+    }
     if routing.warning:
+        if getattr(args, "strict_routing", False):
+            raise RoutingRefused(f"routing refused (--strict_routing): {routing.warning}", record)
         _log(f"warning: {routing.warning}")
     recon_model = bank.get(routing.role)
     recon = reconstruct_kspace(recon_model.model, data.kspace, data.mask, routing.anatomy, args.batch_size, device)
@@ -289,17 +332,11 @@ def process_volume(job: Job, data: VolumeData, bank: ModelBank, args, device) ->
                          f"{int((~np.isfinite(recon)).sum())} non-finite values, expected finite {expected}")
     write_reconstruction_file(job.out_path, recon, key=RECON_KEY)
     return {
-        "anatomy": routing.anatomy,
-        "confidence": round(routing.confidence, 6),
-        "acc_spacing": round(routing.acc_spacing, 4),
-        "acs_width": routing.acs_width,
-        "acceleration": routing.acceleration,
-        "model": routing.role,
+        **record,
         "weights": recon_model.path,
         "slices": int(recon.shape[0]),
         "seconds": round(time.perf_counter() - start, 4),
         "read_seconds": round(data.read_seconds, 4),
-        "warning": routing.warning,
     }
 
 
@@ -381,11 +418,13 @@ def run(args: argparse.Namespace) -> Tuple[Dict[str, Any], int]:
                 message = _error_line(job, exc)
                 if _remove_stale(job.out_path):
                     message += f" (removed the stale {job.out_path})"
-                records[job.name] = {"status": "error", "error": message}
+                records[job.name] = {"status": "error", "error": message, **getattr(exc, "record", {})}
                 _log(f"error: {message}")
     total = time.perf_counter() - wall_start
     report = {
         "weights": args.weights,
+        "strict_routing": bool(getattr(args, "strict_routing", False)),
+        "routing_warnings": sum(1 for r in records.values() if r.get("warning")),
         "device": str(device),
         "batch_size": args.batch_size,
         "models": {role: {"path": m.path, "model_name": m.info.model_name, "epoch": m.info.epoch}
@@ -545,6 +584,10 @@ def summary(report: Dict[str, Any], out_root: Path) -> str:
         f"total {total:.1f} s ({per_slice:.3f} s/slice): {100 * total / budget:.1f}% of the {budget:.0f} s budget ({verdict})",
         "routing: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f"; details in {out_root / ROUTING_FILE}",
     ]
+    flagged = [name for name, r in report["volumes"].items() if r.get("warning")]
+    if flagged:
+        verdict = "NOT reconstructed (--strict_routing)" if report.get("strict_routing") else "routed by the rule, check them"
+        lines.append(f"routing WARNING for {len(flagged)} volume(s), {verdict}: " + ", ".join(flagged))
     if report["failed"]:
         lines.append(f"{report['failed']} volume(s) FAILED (see the errors above); exit status 1")
     if report.get("routing_error"):
@@ -570,6 +613,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=4, help="slices per forward pass")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--strict_routing", action="store_true",
+                        help="a volume with a routing warning (cues and classifier disagree, low confidence, neither "
+                             "anatomy, unsupported acceleration) is not reconstructed and the exit status is 1")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch_size must be >= 1, got {args.batch_size}")

@@ -73,6 +73,7 @@ __all__ = [
     "REALTEST",
     "realtest_volumes",
     "realtest_kspace",
+    "kspace_from_magnitude",
     "generate_realtest",
 ]
 
@@ -254,19 +255,32 @@ def realtest_volumes(preset: RealtestPreset = REALTEST) -> List[Tuple[int, int, 
 def realtest_kspace(seed: int, acc: int, index: int, indices: Sequence[int], frame: int,
                     preset: RealtestPreset = REALTEST):
     """Fully sampled k-space ``(S, C, H, W)`` complex64 (torch) of one realtest volume."""
-    import torch
-
-    from data.phantoms import UNIT_PX, make_grid, smooth_phase
-    from data.simulate import acquire_kspace
+    from data.phantoms import UNIT_PX
 
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), _TAG, int(acc), int(index)]))
     real = load_slices(preset.source, indices, frame)
     mag = to_grid(real.images, real.pixel_mm, preset.pixel_mm, preset.brain_shape)
     positions = np.asarray(real.indices, np.float32)
     z = (positions - positions.mean()) * real.slice_mm / (UNIT_PX * preset.pixel_mm)  # units of UNIT_PX pixels
-    grid = make_grid(z, *preset.brain_shape)
-    obj = torch.polar(torch.from_numpy(mag), torch.from_numpy(smooth_phase(rng, grid)))
-    return acquire_kspace(rng, obj, z, "brain", preset.coils)
+    return kspace_from_magnitude(rng, mag, z, "brain", preset.coils)
+
+
+def kspace_from_magnitude(rng: np.random.Generator, magnitude: np.ndarray, z: np.ndarray, anatomy: str = "brain",
+                          coils: int = 8, zero_columns: Optional[Tuple[int, int]] = None):
+    """Fully sampled k-space ``(S, C, H, W)`` complex64 (torch) of a magnitude ``(S, H, W)`` already on
+    the k-space grid (slices at ``z``, units of 192 px): the simulator's smooth phase, then
+    :func:`data.simulate.acquire_kspace` (``anatomy``'s coil array, scale, noise, optional zero edge
+    columns)."""
+    import torch
+
+    from data.phantoms import make_grid, smooth_phase
+    from data.simulate import acquire_kspace
+
+    S, H, W = magnitude.shape
+    z = np.asarray(z, np.float32)
+    obj = torch.polar(torch.from_numpy(np.ascontiguousarray(magnitude, dtype=np.float32)),
+                      torch.from_numpy(smooth_phase(rng, make_grid(z, H, W))))
+    return acquire_kspace(rng, obj, z, anatomy, coils, zero_columns)
 
 
 def generate_realtest(out, seed: int = 0, progress: bool = True, preset: RealtestPreset = REALTEST) -> List[Path]:
@@ -286,3 +300,46 @@ def generate_realtest(out, seed: int = 0, progress: bool = True, preset: Realtes
         name = f"brain_test{index}.h5"
         written += write_challenge_pair(base / "kspace" / name, base / "image" / name, kspace, mask, undersample=True)
     return written
+
+
+# --------------------------------------------------------------------------------------------- routing cases
+
+
+def cardiac_magnitude(rng: np.random.Generator, slices: int, shape: Tuple[int, int], pixel_mm: float) -> np.ndarray:
+    """End-diastolic short-axis frames of a :mod:`data.heart_phantom` subject (a torso) laid out as a
+    challenge volume: float32 ``(slices, H, W)`` with the rows ``H`` along the phantom's readout."""
+    from data.heart_phantom import render, sample_subject, sax_planes
+
+    subject = sample_subject(rng, "NOR")
+    planes = sax_planes(subject, slices, (shape[1], shape[0]), pixel_mm)  # phantom rows = phase encoding
+    image, _ = render(subject, planes, 2)
+    return np.ascontiguousarray(image[0].transpose(0, 2, 1), dtype=np.float32)
+
+
+def routing_case(magnitude: Optional[np.ndarray], acc: int, seed: int, coils: int = 4, coil_array: str = "brain",
+                 zero_columns: Optional[Tuple[int, int]] = None, shape: Optional[Tuple[int, int, int]] = None):
+    """One leaderboard-style volume for routing checks: ``(kspace, mask, image_grappa, image_label)``
+    with ``kspace`` complex64 numpy ``(S, C, H, W)`` undersampled by the ``fixed`` mask of ``acc`` and
+    the images float32 ``(S, 384, 384)``. ``magnitude`` ``(S, H, W)`` goes through
+    :func:`kspace_from_magnitude` (``coil_array``: whose coils); ``None`` with ``shape = (S, H, W)``
+    gives pure complex Gaussian noise when ``seed >= 0`` and an all-zero volume when ``seed < 0``."""
+    import torch
+
+    from data.masks import make_mask
+    from data.volumes import volume_images
+
+    if magnitude is None:
+        S, H, W = shape
+        if seed < 0:
+            kspace = torch.zeros((S, coils, H, W), dtype=torch.complex64)
+        else:
+            g = torch.Generator().manual_seed(seed)
+            kspace = torch.randn((S, coils, H, W), dtype=torch.complex64, generator=g) * 1e-5
+    else:
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), _TAG, 99]))
+        z = np.linspace(-0.02, 0.02, magnitude.shape[0]) if magnitude.shape[0] > 1 else np.zeros(1)
+        kspace = kspace_from_magnitude(rng, magnitude, z, coil_array, coils, zero_columns)
+    mask = make_mask("fixed", kspace.shape[-1], acc, None)
+    images = volume_images(kspace, mask)
+    under = (kspace * torch.from_numpy(mask)).numpy()
+    return under, mask, images["image_grappa"], images["image_label"]

@@ -29,12 +29,13 @@ ROLES = [("brain", 4), ("brain", 8), ("knee", 4), ("knee", 8)]
 
 
 def _object(anatomy: str, height: int, width: int, s: int) -> np.ndarray:
-    """Brain: a filled ellipse; knee: two bright bars (distinct textures for the classifier)."""
+    """Brain: a filled ellipse; knee: two bright bars running through the readout, clear of the sides (distinct
+    textures for the classifier, and the shapes data.routing's physical cues expect of a head and a knee)."""
     yy, xx = np.meshgrid(np.linspace(-1, 1, height), np.linspace(-1, 1, width), indexing="ij")
     if anatomy == "brain":
         obj = ((yy / 0.45) ** 2 + (xx / 0.8) ** 2 < 1) * (1 + 0.2 * np.cos(5 * yy + s))
     else:
-        obj = (np.abs(yy - 0.2) < 0.08) * 2.0 + (np.abs(yy + 0.25) < 0.08) * 2.0 + 0.1 * (np.abs(xx) < 0.7)
+        obj = ((np.abs(xx - 0.3) < 0.15) * 2.0 + (np.abs(xx + 0.3) < 0.15) * 2.0 + 0.1) * (np.abs(xx) < 0.7)
     return obj.astype(np.float32)
 
 
