@@ -8,6 +8,7 @@
 #   bash scripts/demo.sh --use-artifacts   # skip training: reconstruct with the shipped artifacts/
 #   bash scripts/demo.sh --baselines-only  # stop after the baselines
 #   bash scripts/demo.sh --cine [--use-artifacts | --baselines-only]   # the cardiac cine demo (scripts/demo_cine.sh)
+#   bash scripts/demo.sh --codec [--use-artifacts]   # the TiTok-MRI codec vs JPEG 2000 / JPEG (scripts/demo_codec.sh)
 #
 # Honours DATA_ROOT and RESULT_ROOT (defaults: demo/Data and demo/result inside the checkout, so the demo
 # never writes into a real ../Data). SEED (default 430) selects the synthetic data set; DEMO_PRESET=tiny
@@ -17,9 +18,13 @@ if [[ "${1:-}" == --cine ]]; then
     shift
     exec bash "$REPO/scripts/demo_cine.sh" "$@"
 fi
+if [[ "${1:-}" == --codec ]]; then
+    shift
+    exec bash "$REPO/scripts/demo_codec.sh" "$@"
+fi
 DATA_ROOT="${DATA_ROOT:-$REPO/demo/Data}"
 RESULT_ROOT="${RESULT_ROOT:-$REPO/demo/result}"
-DEMO_USAGE="bash scripts/demo.sh [--cine] [--use-artifacts | --baselines-only]"
+DEMO_USAGE="bash scripts/demo.sh [--cine | --codec] [--use-artifacts | --baselines-only]"
 source "$REPO/scripts/demo_common.sh"
 simulate_once simulate .simulated data.simulate
 "$PY" -m data.formats check "$DATA_ROOT"

@@ -16,14 +16,14 @@ case "${1:-}" in
 esac
 
 # simulate_once LABEL STAMP_NAME MODULE [extra flags]: run `python -m MODULE` into DATA_ROOT unless the stamp
-# says the same preset and seed are already there.
+# says the same preset and seed are already there. The simulator's preset is SIM_PRESET (default DEMO_PRESET).
 simulate_once() {
-    local label="$1" stamp="$DATA_ROOT/$2" module="$3"; shift 3
-    if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$DEMO_PRESET seed=$SEED" ]]; then
-        echo "== $label: $DEMO_PRESET preset, seed $SEED -> $DATA_ROOT"
-        "$PY" -m "$module" --out "$DATA_ROOT" --preset "$DEMO_PRESET" --seed "$SEED" --no-progress "$@"
-        echo "$DEMO_PRESET seed=$SEED" > "$stamp"
+    local label="$1" stamp="$DATA_ROOT/$2" module="$3" preset="${SIM_PRESET:-$DEMO_PRESET}"; shift 3
+    if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$preset seed=$SEED" ]]; then
+        echo "== $label: $preset preset, seed $SEED -> $DATA_ROOT"
+        "$PY" -m "$module" --out "$DATA_ROOT" --preset "$preset" --seed "$SEED" --no-progress "$@"
+        echo "$preset seed=$SEED" > "$stamp"
     else
-        echo "== $label: $DATA_ROOT already holds the $DEMO_PRESET data (seed $SEED)"
+        echo "== $label: $DATA_ROOT already holds the $preset data (seed $SEED)"
     fi
 }
