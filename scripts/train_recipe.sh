@@ -77,7 +77,7 @@ if [[ "${1:-}" == "titok" ]]; then
     # TW warm-up epochs; TLR/SLR/DLR/DLR3 learning rates (TiTok: AdamW 1e-4, wd 1e-4; DiT: 1e-4, no weight decay); STEPS sampler steps.
     case "$PRESET" in
         challenge) TP=paper SP=acdc2d    DP=paper TE=100 SE=50 DE2=100 DE3=120 TB=32 TW=1 TLR=1e-4 SLR=1e-3 DLR=1e-4 DLR3=2e-5 STEPS=4 ;;
-        demo)      TP=demo  SP=acdc_demo DP=demo  TE=30  SE=15 DE2=10  DE3=12  TB=16 TW=1 TLR=1e-3 SLR=2e-3 DLR=5e-4 DLR3=1e-4 STEPS=4 ;;
+        demo)      TP=demo  SP=acdc_demo DP=demo  TE=30  SE=50 DE2=10  DE3=11  TB=16 TW=1 TLR=1e-3 SLR=2e-3 DLR=5e-4 DLR3=1e-4 STEPS=4 ;;
         tiny)      TP=tiny  SP=acdc_tiny DP=tiny  TE=1   SE=1  DE2=1   DE3=2   TB=4  TW=0 TLR=1e-3 SLR=1e-3 DLR=1e-3 DLR3=1e-4 STEPS=2 ;;
     esac
     tok_ckpt="$RESULT_ROOT/titok_tokenizer/checkpoints/step1/epoch-$TE"
