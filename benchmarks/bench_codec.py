@@ -1,8 +1,8 @@
 """TiTok-MRI codec speed and memory beside Pillow's JPEG 2000: encode and decode milliseconds per frame, peak memory.
 
-    python benchmarks/bench_codec.py                          # CPU, 1 thread: the demo weights (or demo presets) and the paper presets
+    python benchmarks/bench_codec.py                          # CUDA if there, else CPU (1 thread): demo weights/presets and paper presets
     python benchmarks/bench_codec.py --weights artifacts/titok/k64 --variants weights --frames 24 --repeats 5
-    python benchmarks/bench_codec.py --device cuda --paper-frames 12   # where a GPU is lent
+    python benchmarks/bench_codec.py --device cpu --paper-frames 12    # force the CPU
 
 Variants (``--variants``):
 
@@ -191,7 +191,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--weights", default=None, help="codec weights folder (default: artifacts/titok/k64 if present, "
                                                    "else random demo presets)")
     p.add_argument("--variants", nargs="+", default=["weights", "paper"], choices=["weights", "paper"])
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--frames", type=int, default=12, help="frames per call (weights variant)")
     p.add_argument("--paper-frames", type=int, default=4, help="frames per call (paper presets)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds after one warm-up round")
@@ -203,6 +203,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         spec, op = json.loads(args.child)
         print(json.dumps(child(spec, op)))
         return 0
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if min(args.frames, args.paper_frames, args.repeats) < 1:
         p.error("--frames, --paper-frames and --repeats must be >= 1")
     weights = args.weights or (str(DEFAULT_WEIGHTS) if (DEFAULT_WEIGHTS / "titok.safetensors").is_file() else None)

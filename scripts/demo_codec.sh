@@ -13,20 +13,19 @@
 # CODEC_TOKENS (default "32 64 128"), CODEC_ARTIFACTS (default artifacts/titok) and TITOK_SEGMENTER (a trained
 # segmenter checkpoint to use for every K instead of training one).
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"  # relative paths are relative to the checkout, as in the scripts that source common.sh
 DATA_ROOT="${DATA_ROOT:-$REPO/demo/CodecData}"
 RESULT_ROOT="${RESULT_ROOT:-$REPO/demo/codec_result}"
 DEMO_USAGE="bash scripts/demo.sh --codec [--use-artifacts]"
-source "$REPO/scripts/demo_common.sh"
-[[ "$mode" != baselines ]] || { echo "usage: $DEMO_USAGE (the codec demo has no --baselines-only)" >&2; exit 2; }
+# the K values and, with --use-artifacts, their weights folders: checked before anything is set up or run
 read -r -a ks <<< "${CODEC_TOKENS:-32 64 128}"
+[[ ${#ks[@]} -gt 0 ]] || { echo "error: CODEC_TOKENS is empty" >&2; exit 2; }
 for k in "${ks[@]}"; do
     [[ "$k" =~ ^[1-9][0-9]*$ ]] || { echo "error: CODEC_TOKENS must be positive integers, got '$k'" >&2; exit 2; }
 done
-[[ ${#ks[@]} -gt 0 ]] || { echo "error: CODEC_TOKENS is empty" >&2; exit 2; }
 artifacts="${CODEC_ARTIFACTS:-$REPO/artifacts/titok}"
-
 declare -A weights=()
-if [[ "$mode" == artifacts ]]; then  # before anything runs: which weights are there
+if [[ "${1:-}" == --use-artifacts ]]; then
     for k in "${ks[@]}"; do
         [[ -f "$artifacts/k$k/titok.safetensors" ]] && weights[$k]="$artifacts/k$k"
     done
@@ -36,6 +35,8 @@ if [[ "$mode" == artifacts ]]; then  # before anything runs: which weights are t
         exit 1
     fi
 fi
+source "$REPO/scripts/demo_common.sh"
+[[ "$mode" != baselines ]] || { echo "usage: $DEMO_USAGE (the codec demo has no --baselines-only)" >&2; exit 2; }
 
 SIM_PRESET=codec
 [[ "$DEMO_PRESET" == tiny ]] && SIM_PRESET=tiny
