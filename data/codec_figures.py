@@ -103,7 +103,7 @@ def save_rd_plot(path, series: Mapping[str, Sequence[Mapping]], references: Opti
     order of bytes. ``references``: summary key -> value drawn as a dashed grey line (e.g. the Dice of the
     original frames). Returns the PNG path."""
     plt = _pyplot()
-    from matplotlib.ticker import NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     references = dict(references or {})
     xs = [pt["bytes_per_frame"] for points in series.values() for pt in points if pt.get("bytes_per_frame")]
@@ -120,15 +120,16 @@ def save_rd_plot(path, series: Mapping[str, Sequence[Mapping]], references: Opti
             if not xy:
                 continue
             drawn = True
-            line, = ax.plot([x for x, _, _ in xy], [y for _, y, _ in xy], "-", marker=markers[m % len(markers)],
-                            markersize=5, label=name)
+            colour = f"C{m % 10}"  # one colour per method in every panel
+            ax.plot([x for x, _, _ in xy], [y for _, y, _ in xy], "-", color=colour, marker=markers[m % len(markers)],
+                    markersize=5, label=name)
             for x, y, pt in xy:
                 if pt.get("over_budget"):
                     ax.plot([x], [y], marker=markers[m % len(markers)], markersize=9, markerfacecolor="white",
-                            markeredgecolor=line.get_color(), linestyle="none")
+                            markeredgecolor=colour, linestyle="none")
                 if pt.get("label") and p == 0:
                     ax.annotate(str(pt["label"]), (x, y), textcoords="offset points", xytext=(3, 4), fontsize=6,
-                                color=line.get_color())
+                                color=colour)
         ref_keys = [k for k in keys if k in references]
         if ref_keys and len(ref_keys) == len(keys):
             ax.axhline(float(np.mean([references[k] for k in keys])), color="grey", linestyle="--", linewidth=0.8,
@@ -137,15 +138,21 @@ def save_rd_plot(path, series: Mapping[str, Sequence[Mapping]], references: Opti
             ax.text(0.5, 0.5, "no values", transform=ax.transAxes, ha="center", va="center", color="grey")
         ax.set_xscale("log")
         ax.set_xlim(*xlim)
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("bytes per frame")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
         if p == 0:
             ax.legend(fontsize=7)
+    notes = []
+    if references:
+        notes.append("dashed grey: the segmenter on the original frames")
     if any(pt.get("over_budget") for points in series.values() for pt in points):
-        fig.text(0.5, 0.01, "hollow marker: over the token budget (the standard codec's smallest stream is larger)",
-                 ha="center", fontsize=7)
+        notes.append("hollow marker: over the token budget (the standard codec's smallest stream is larger)")
+    if notes:
+        fig.text(0.5, 0.01, "; ".join(notes), ha="center", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0.03, 1, 0.95 if title else 1))
