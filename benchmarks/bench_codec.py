@@ -144,7 +144,7 @@ def child(spec: Dict, op: str) -> Dict:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         ops(op)
-        return {"peak_mib": (torch.cuda.max_memory_allocated() - base) / 2 ** 20}
+        return {"peak_mib": max(0.0, (torch.cuda.max_memory_allocated() - base) / 2 ** 20)}
     try:  # reset the peak to the current resident size (Linux >= 4.0)
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -152,7 +152,7 @@ def child(spec: Dict, op: str) -> Dict:
     except OSError:
         base = _status_mib("VmHWM")
     ops(op)
-    return {"peak_mib": _status_mib("VmHWM") - base}
+    return {"peak_mib": max(0.0, _status_mib("VmHWM") - base)}  # page-granular: a call that frees memory reads 0
 
 
 def peak_mib(spec: Dict, op: str) -> Optional[float]:
