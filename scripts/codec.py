@@ -1,8 +1,8 @@
 """TiTok-MRI codec command line: cine frames <-> K tokens per frame, and how much survives.
 
-    python scripts/codec.py encode   --data <ACDC or CMRxRecon folder> --weights artifacts --out TOKENS.npz
-    python scripts/codec.py decode   --tokens TOKENS.npz --weights artifacts --out DIR [--steps N]
-    python scripts/codec.py evaluate --tokens TOKENS.npz --data <the encoded folder> --weights artifacts [--json]
+    python scripts/codec.py encode   --data <ACDC or CMRxRecon folder> --weights artifacts/titok/k64 --out TOKENS.npz
+    python scripts/codec.py decode   --tokens TOKENS.npz --weights artifacts/titok/k64 --out DIR [--steps N]
+    python scripts/codec.py evaluate --tokens TOKENS.npz --data <the encoded folder> --weights artifacts/titok/k64 [--json]
                                      [--json_out FILE] [--figures DIR] [--standard jpeg2000|jpeg [--standard_out DIR]]
 
 ``encode`` writes one token file (data/codec_io.py: uint16 ids, shapes, K, the scales, ED/ES, the
@@ -507,11 +507,11 @@ def _nan_to_none(value):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python scripts/codec.py", description=__doc__.split("\n")[0], allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
-    default_weights = str(REPO / "artifacts")
+    default_weights = str(REPO / "artifacts" / "titok" / "k64")  # the shipped demo codec
 
     def common(p, tokens: bool):
         p.add_argument("--weights", default=default_weights, help="folder with titok.safetensors, titok_dit.safetensors, "
-                                                                  "titok_seg.safetensors (default: artifacts/)")
+                                                                  "titok_seg.safetensors (default: the shipped demo codec, artifacts/titok/k64)")
         p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
         p.add_argument("--batch_size", type=int, default=64, help="frames per network call")
         if tokens:
