@@ -22,6 +22,14 @@ RD_PANELS = ((("psnr",), "PSNR (dB)"), (("dice_rv", "dice_myo", "dice_lv"), "mea
              (("lv_ef_error",), "LV EF error (%, absolute)"), (("rv_ef_error",), "RV EF error (%, absolute)"))
 
 
+def _save_png(fig, path) -> Path:
+    """Write ``fig`` to ``path`` as PNG atomically, close it and return the path."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    _pyplot().close(fig)
+    return path
+
 def _pyplot():
     import matplotlib
 
@@ -79,11 +87,7 @@ def save_codec_strip(path, original: np.ndarray, decoded: np.ndarray, labels_ori
     if title:
         fig.suptitle(title, fontsize=8)
     fig.tight_layout(rect=(0, 0.05, 1, 0.93 if title else 1))
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return _save_png(fig, path)
 
 
 def _panel_value(point: Mapping, keys: Sequence[str]) -> Optional[float]:
@@ -156,8 +160,4 @@ def save_rd_plot(path, series: Mapping[str, Sequence[Mapping]], references: Opti
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0.03, 1, 0.95 if title else 1))
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return _save_png(fig, path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -35,12 +36,12 @@ def convert_fastmri_file(src: Path, out: Path, anatomy: str, acc: int, index: in
     return kpath
 
 
-def convert_fastmri_folder(src: Path, out: Path, anatomy: str, acc: int) -> int:
-    """Convert every ``*.h5`` in ``src`` (sorted, numbered from 1); returns the exit code."""
-    files = sorted(Path(src).glob("*.h5"))
-    if not files:
-        print(f"{src}: -: no .h5 files", file=sys.stderr)
-        return 1
+def convert_batch(files: Sequence[Path], out, convert_one: Callable[[Path, int], Optional[str]], desc: str,
+                  start_index: int = 1, noun: str = "files") -> int:
+    """Convert ``files`` (numbered from ``start_index``) into ``out/kspace`` and ``out/image`` with
+    ``convert_one(path, index) -> message or None``; returns the exit code: 0 all converted, 1 any failed,
+    2 ``out`` unusable (one line, before any work). A file whose conversion raises ``ValueError``/``OSError``
+    (a :class:`FormatError` of the input, an ``OutputError`` of an output) is one line on stderr and skipped."""
     try:
         for sub in ("kspace", "image"):
             prepare_output_dir(Path(out) / sub)
@@ -48,11 +49,27 @@ def convert_fastmri_folder(src: Path, out: Path, anatomy: str, acc: int) -> int:
         print(f"error: --out: {exc}", file=sys.stderr)
         return 2
     failed = 0
-    for index, path in enumerate(tqdm(files, desc="convert", unit="file"), start=1):
+    for index, path in enumerate(tqdm(files, desc=desc, unit="file", disable=len(files) < 2), start=start_index):
         try:
-            convert_fastmri_file(path, Path(out), anatomy, acc, index)
-        except (ValueError, OSError) as exc:  # FormatError of the input, OutputError of an output
+            message = convert_one(path, index)
+        except (ValueError, OSError) as exc:
             failed += 1
-            print(str(exc), file=sys.stderr)
-    print(f"converted {len(files) - failed} of {len(files)} files into {out}", file=sys.stderr)
+            tqdm.write(str(exc), file=sys.stderr)
+            continue
+        if message:
+            tqdm.write(message, file=sys.stderr)
+    print(f"converted {len(files) - failed} of {len(files)} {noun} into {out}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def convert_fastmri_folder(src: Path, out: Path, anatomy: str, acc: int) -> int:
+    """Convert every ``*.h5`` in ``src`` (sorted, numbered from 1); returns the exit code."""
+    files = sorted(Path(src).glob("*.h5"))
+    if not files:
+        print(f"{src}: -: no .h5 files", file=sys.stderr)
+        return 1
+
+    def convert_one(path: Path, index: int) -> None:
+        convert_fastmri_file(path, Path(out), anatomy, acc, index)
+
+    return convert_batch(files, out, convert_one, "convert")

@@ -60,12 +60,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from data.convert import convert_batch
 from data.formats import MAX_DATASET_BYTES, MAX_MATRIX, FormatError, open_h5
 from data.masks import make_mask
 from data.volumes import rss_image, write_challenge_pair
-from utils.io import prepare_output_dir
 from utils.physics import ifft2c
 
 RAW_FORMATS = ("ismrmrd", "mrd", "twix")
@@ -695,24 +694,13 @@ def convert_raw(
     if not files:
         print(f"{src}: -: no raw files ({', '.join(RAW_SUFFIXES)})", file=sys.stderr)
         return 1
-    try:
-        for sub in ("kspace", "image"):
-            prepare_output_dir(Path(out) / sub)
-    except OSError as exc:
-        print(f"error: --out: {exc}", file=sys.stderr)
-        return 2
-    failed = 0
-    for index, path in enumerate(tqdm(files, desc="convert-raw", unit="file", disable=len(files) < 2), start=start_index):
-        try:
-            kpath, volume, factor = convert_raw_file(path, out, anatomy, acc, index, leaderboard, repetitions, scale)
-        except (ValueError, OSError) as exc:  # FormatError of the input, OutputError of an output
-            failed += 1
-            tqdm.write(str(exc), file=sys.stderr)
-            continue
+
+    def convert_one(path: Path, index: int) -> str:
+        kpath, volume, factor = convert_raw_file(path, out, anatomy, acc, index, leaderboard, repetitions, scale)
         scaled = f", scaled x{factor:.4g}" if scale == "challenge" else ""
-        tqdm.write(f"{path} -> {kpath.name}: {volume.summary()}{scaled}", file=sys.stderr)
-    print(f"converted {len(files) - failed} of {len(files)} raw files into {out}", file=sys.stderr)
-    return 1 if failed else 0
+        return f"{path} -> {kpath.name}: {volume.summary()}{scaled}"
+
+    return convert_batch(files, out, convert_one, "convert-raw", start_index, "raw files")
 
 
 def add_arguments(parser) -> None:
