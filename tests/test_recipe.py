@@ -1,5 +1,6 @@
 """The staged recipe scripts (PRESET=tiny) and the classifier on simulated volumes."""
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -73,3 +74,24 @@ def test_classifier_separates_simulated_brain_and_knee(tiny_sim, tmp_path):
         truth.append(0 if path.name.startswith("brain") else 1)
         predicted.append(int(label))
     assert predicted == truth
+
+
+def test_titok_recipe_chain_and_shared_segmenter(tmp_path, tiny_cine):
+    """scripts/train_titok_step{1,2,3}.sh at PRESET=tiny: step 3 exports the three networks the codec loads; a
+    second K with TITOK_SEGMENTER trains no segmenter of its own and uses the given one; a TITOK_SEGMENTER that
+    is not a folder is one error before any training."""
+    first = tmp_path / "k8"
+    env = _env(tiny_cine, first)
+    for step in (1, 2, 3):
+        _script(f"train_titok_step{step}.sh", env)
+    weights = first / "titok_weights"
+    assert sorted(p.name for p in weights.iterdir()) == ["titok.safetensors", "titok_dit.safetensors",
+                                                        "titok_seg.safetensors"]
+    seg = first / "titok_seg" / "checkpoints" / "step2" / "epoch-1"
+    second = tmp_path / "again"  # another run reusing the first one's tokenizer (as another K would its own)
+    shutil.copytree(first / "titok_tokenizer", second / "titok_tokenizer")
+    _script("train_titok_step2.sh", _env(tiny_cine, second, TITOK_SEGMENTER=str(seg)))
+    assert not (second / "titok_seg").exists() and (second / "titok_dit" / "checkpoints" / "step2" / "epoch-1").is_dir()
+    res = subprocess.run(["bash", "scripts/train_titok_step2.sh"], cwd=REPO, capture_output=True, text=True,
+                         env=_env(tiny_cine, tmp_path / "bad", TITOK_SEGMENTER=str(tmp_path / "missing")))
+    assert res.returncode == 2 and "TITOK_SEGMENTER" in res.stderr and not (tmp_path / "bad").exists()
