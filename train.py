@@ -82,6 +82,9 @@ def build_parser(model_name: Optional[str]) -> argparse.ArgumentParser:
     codec.add_argument("--frame_size", type=int, nargs=2, default=None, metavar=("H", "W"),
                        help="nnmamba_seg: the codec's frame size (default: the --tokenizer's image_size)")
     codec.add_argument("--pixel_loss", choices=("l1", "l2"), default="l2", help="titok: pixel loss of stage 1")
+    codec.add_argument("--motion_weight", type=finite_float, default=0.0, metavar="A",
+                       help="titok, titok_dit: weight the pixel loss by 1 + A s / mean(s), s the temporal std of the frame's "
+                            "slice over its cine (the moving heart); 0 (default) = the plain loss")
     codec.add_argument("--pixel_weight", type=finite_float, default=1.0, help="titok_dit: weight of the decoded-frame L1 loss")
     codec.add_argument("--dice_weight", type=finite_float, default=None,
                        help="titok_dit: weight of 1 - Dice of the decoded ED/ES frames' segmentation (default 0.1); "
@@ -203,7 +206,11 @@ def acdc_training(args: argparse.Namespace, config, seed: int):
 
     roots = [args.data_path_train]
     if args.model == "titok":
-        return AcdcFrameDataset(roots, config.image_size, "frames"), TokenizerObjective(args.pixel_loss)
+        try:
+            objective = TokenizerObjective(args.pixel_loss, args.motion_weight)
+        except ValueError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        return AcdcFrameDataset(roots, config.image_size, "frames"), objective
     if args.model == "nnmamba_seg":
         if config.spatial_dims != 2 or config.num_classes != 4 or config.in_channels != 1:
             raise SystemExit("error: --model nnmamba_seg --task acdc segments 2-D magnitude frames into 4 classes: "
@@ -226,7 +233,8 @@ def acdc_training(args: argparse.Namespace, config, seed: int):
         conditioner = TiTokMRI(tokenizer, None, segmenter, dit_config=config)
         dice = 0.1 if args.dice_weight is None else args.dice_weight
         objective = CodecDiTObjective(conditioner, args.pixel_weight, dice if segmenter else 0.0,
-                                      args.volume_weight if segmenter else 0.0, args.sampler_steps, seed)
+                                      args.volume_weight if segmenter else 0.0, args.sampler_steps, seed,
+                                      args.motion_weight)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     dataset = AcdcFrameDataset(roots, config.image_size, "context", neighbour_offsets(config.num_neighbours))

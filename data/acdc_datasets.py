@@ -22,7 +22,10 @@ ACDC training patients, ~25 frames x ~10 slices each, need ~3 GB), labels as uin
   time) and the slice's ED and ES frames, and the label when the frame is labelled: the DiT.
 
 ``AcdcSample.frames`` is ``(N, 1, H, W)`` float32: ``[frame, neighbours…, ED, ES]`` in ``"context"`` mode,
-``[frame]`` otherwise; ``label`` ``(H, W)`` int64 (``-1`` everywhere when the frame has none), ``has_label``
+``[frame]`` otherwise; ``motion`` ``(1, H, W)`` float32 is the motion map of the frame's slice
+(:func:`motion_map`: the temporal standard deviation of the slice over its cine, in the normalised intensity
+units of the frames, computed once per (patient, slice) on the cine before placement and then placed exactly
+like the frames, so it is 0 on the padding; the moving heart stands out, the static body is ~0); ``label`` ``(H, W)`` int64 (``-1`` everywhere when the frame has none), ``has_label``
 bool; ``fname``/``slice_index`` name the sample in errors (``slice_index = (z * T + t)``); ``epoch`` is the
 dataset's epoch (random streams of the objectives depend on it).
 """
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -41,7 +44,7 @@ from data.cine import AcdcPatient, list_acdc_patients, read_acdc_patient
 from data.formats import FormatError
 
 __all__ = ["AcdcSample", "AcdcFrameDataset", "Placement", "cine_scale", "place_frames", "unplace_frames",
-           "collate_acdc", "MODES", "SCALE_PERCENTILE", "NO_LABEL"]
+           "collate_acdc", "motion_map", "MODES", "SCALE_PERCENTILE", "NO_LABEL"]
 
 MODES = ("frames", "labelled", "context")
 SCALE_PERCENTILE = 99.5
@@ -117,7 +120,9 @@ def unplace_frames(frames: torch.Tensor, place: Placement, labels: bool = False)
 
 @dataclasses.dataclass
 class AcdcSample:
-    """One training sample or a batch of them (module docstring; batched tensors gain a leading B)."""
+    """One training sample or a batch of them (module docstring; batched tensors gain a leading B).
+    ``motion`` is optional (``None`` when a sample was built without one; a batch has it only when every
+    sample has it)."""
 
     frames: torch.Tensor
     label: torch.Tensor
@@ -125,19 +130,32 @@ class AcdcSample:
     fname: object
     slice_index: torch.Tensor
     epoch: torch.Tensor
+    motion: Optional[torch.Tensor] = None
 
 
 def collate_acdc(samples: Sequence[AcdcSample]) -> AcdcSample:
+    motion = None if any(s.motion is None for s in samples) else torch.stack([s.motion for s in samples])
     return AcdcSample(
         frames=torch.stack([s.frames for s in samples]), label=torch.stack([s.label for s in samples]),
         has_label=torch.stack([s.has_label for s in samples]), fname=[s.fname for s in samples],
-        slice_index=torch.stack([s.slice_index for s in samples]), epoch=torch.stack([s.epoch for s in samples]))
+        slice_index=torch.stack([s.slice_index for s in samples]), epoch=torch.stack([s.epoch for s in samples]),
+        motion=motion)
+
+
+def motion_map(cine: np.ndarray) -> np.ndarray:
+    """The per-pixel motion of a cine ``(T, Z, h, w)``: its standard deviation over time ``(Z, h, w)`` float32,
+    in the cine's intensity units (population std, ``ddof = 0``; 0 for a static cine or a single frame)."""
+    cine = np.asarray(cine, dtype=np.float32)
+    if cine.ndim != 4:
+        raise ValueError(f"a cine is (T, Z, h, w), got shape {cine.shape}")
+    return cine.std(axis=0)
 
 
 @dataclasses.dataclass
 class _Patient:
     path: Path
     frames: np.ndarray  # (T, Z, H, W) float16, normalised and placed
+    motion: np.ndarray  # (Z, H, W) float16, motion_map of the normalised cine, placed
     labels: dict  # 0-based frame -> (Z, H, W) uint8, placed
     ed: int  # 0-based
     es: int
@@ -178,11 +196,14 @@ class AcdcFrameDataset(Dataset):
             scale = cine_scale(cine)
         except ValueError as exc:
             raise FormatError(cine_path, "-", str(exc)) from None
-        placed, _ = place_frames(torch.from_numpy(cine / scale), self.image_size)
+        normalised = cine / scale
+        placed, _ = place_frames(torch.from_numpy(normalised), self.image_size)
+        motion, _ = place_frames(torch.from_numpy(motion_map(normalised)), self.image_size)
         labels = {}
         for frame, label in patient.labels.items():
             labels[frame - 1] = place_frames(torch.from_numpy(label), self.image_size, labels=True)[0].numpy().astype(np.uint8)
-        return _Patient(patient.path, placed.numpy().astype(np.float16), labels, patient.info.ed - 1, patient.info.es - 1)
+        return _Patient(patient.path, placed.numpy().astype(np.float16), motion.numpy().astype(np.float16), labels,
+                        patient.info.ed - 1, patient.info.es - 1)
 
     def _build_index(self) -> List[Tuple[int, int, int]]:
         index = []
@@ -210,5 +231,7 @@ class AcdcFrameDataset(Dataset):
             label, has = torch.from_numpy(patient.labels[f][s].astype(np.int64)), True
         else:
             label, has = torch.full(self.image_size, NO_LABEL, dtype=torch.int64), False
-        return AcdcSample(frames, label, torch.tensor(has), str(patient.path), torch.tensor(s * t + f), torch.tensor(self.epoch))
+        motion = torch.from_numpy(patient.motion[s].astype(np.float32)).unsqueeze(0)  # (1, H, W)
+        return AcdcSample(frames, label, torch.tensor(has), str(patient.path), torch.tensor(s * t + f), torch.tensor(self.epoch),
+                          motion)
 

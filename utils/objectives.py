@@ -216,21 +216,53 @@ def _acdc_generator(seed: int, batch) -> torch.Generator:
     return torch_generator(seed, epoch, names, ids)
 
 
+def motion_weights(motion: torch.Tensor, motion_weight: float) -> torch.Tensor:
+    """Per-pixel weights ``w = 1 + A s / mean(s)`` of motion maps ``s`` ``(B, 1, H, W)`` (the temporal standard
+    deviation of each frame's slice, :func:`data.acdc_datasets.motion_map`; any units, the ratio is unitless),
+    ``mean`` over each map's pixels, ``A = motion_weight >= 0``. A map that is 0 everywhere (a static cine)
+    gives ``w = 1``. Returns ``(B, 1, H, W)`` float32, mean ``1 + A`` per moving map."""
+    s = motion.float().clamp_min(0)
+    mean = s.mean(dim=(-2, -1), keepdim=True)
+    return 1 + float(motion_weight) * s / mean.clamp_min(torch.finfo(s.dtype).tiny)
+
+
+def motion_weighted_pixel_loss(recon: torch.Tensor, x: torch.Tensor, motion: Optional[torch.Tensor],
+                               motion_weight: float = 0.0, kind: str = "l2") -> torch.Tensor:
+    """``mean(w * d) / mean(w)`` with ``d = (recon - x)^2`` (``kind`` "l2") or ``|recon - x|`` ("l1"), frames
+    ``(B, C, H, W)``, ``w`` :func:`motion_weights` of ``motion`` ``(B, 1, H, W)`` (broadcast over channels),
+    means over the whole batch. ``motion_weight`` 0 is exactly ``F.mse_loss`` / ``F.l1_loss`` (the same
+    operations, the weights are not computed) and so is a static cine (``w = 1``)."""
+    if kind not in ("l1", "l2"):
+        raise ValueError(f"pixel loss must be 'l1' or 'l2', got {kind!r}")
+    if not motion_weight:
+        return F.l1_loss(recon, x) if kind == "l1" else F.mse_loss(recon, x)
+    if motion is None:
+        raise ValueError("a motion-weighted pixel loss needs the batch's motion maps (AcdcSample.motion)")
+    w = motion_weights(motion.to(recon.device), motion_weight).expand_as(recon)
+    d = (recon - x).abs() if kind == "l1" else (recon - x).square()
+    return (w * d).sum() / w.sum()
+
+
 class TokenizerObjective:
     """TiTok stage 1: ``pixel(recon, x) + quantizer loss`` on ``frames[:, 0]``; ``pixel_loss`` "l1" or "l2"
-    (mean squared error, TiTok's single-stage recipe). Logs perplexity, codebook usage and the commitment."""
+    (mean squared error, TiTok's single-stage recipe). Logs perplexity, codebook usage and the commitment.
+    ``motion_weight`` A > 0 weights the pixel loss by ``1 + A s / mean(s)`` with ``s`` the batch's motion maps
+    (:func:`motion_weighted_pixel_loss`), so the contracting heart, a small share of the frame, is not
+    drowned by the static body; 0 (the default) is the plain loss."""
 
-    def __init__(self, pixel_loss: str = "l2"):
+    def __init__(self, pixel_loss: str = "l2", motion_weight: float = 0.0):
         if pixel_loss not in ("l1", "l2"):
             raise ValueError(f"pixel_loss must be 'l1' or 'l2', got {pixel_loss!r}")
-        self.pixel_loss = pixel_loss
+        if not motion_weight >= 0:
+            raise ValueError(f"motion_weight must be >= 0, got {motion_weight}")
+        self.pixel_loss, self.motion_weight = pixel_loss, float(motion_weight)
         self.log_values: Dict[str, float] = {}
 
     def __call__(self, model: nn.Module, batch, device: torch.device) -> torch.Tensor:
         x = batch.frames[:, 0]
         out = model(x)
         recon = out.reconstruction.float()
-        pixel = F.l1_loss(recon, x) if self.pixel_loss == "l1" else F.mse_loss(recon, x)
+        pixel = motion_weighted_pixel_loss(recon, x, getattr(batch, "motion", None), self.motion_weight, self.pixel_loss)
         self.log_values = {"train/pixel": float(pixel.detach()), "train/perplexity": float(out.perplexity),
                            "train/codebook_usage": float(out.usage)}
         return pixel + out.quantizer_loss
@@ -268,19 +300,22 @@ class CodecDiTObjective:
     ``t`` per sample (a near-noise estimate says little), or, with ``sampler_steps > 0`` (stage 3), the
     frame decoded exactly as the codec decodes it (Euler steps from the DiT's seeded noise, gradients
     through every step). The Dice and area terms use the frozen segmenter on labelled (ED/ES) frames only.
-    ``eps`` and ``t`` come from a generator of (seed, epoch, samples).
+    ``eps`` and ``t`` come from a generator of (seed, epoch, samples). ``motion_weight`` A > 0 makes the
+    per-sample pixel term the motion-weighted mean ``sum(w |x_hat - x|) / sum(w)``, ``w = 1 + A s / mean(s)``
+    (:func:`motion_weights`, the batch's motion maps ``s``); 0 is the plain mean.
     """
 
     def __init__(self, conditioner: nn.Module, pixel_weight: float = 1.0, dice_weight: float = 0.1,
-                 volume_weight: float = 0.1, sampler_steps: int = 0, seed: int = 0):
-        for name, value in (("pixel_weight", pixel_weight), ("dice_weight", dice_weight), ("volume_weight", volume_weight)):
+                 volume_weight: float = 0.1, sampler_steps: int = 0, seed: int = 0, motion_weight: float = 0.0):
+        for name, value in (("pixel_weight", pixel_weight), ("dice_weight", dice_weight), ("volume_weight", volume_weight),
+                            ("motion_weight", motion_weight)):
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
         if not 0 <= int(sampler_steps) <= 8:
             raise ValueError(f"sampler_steps must be 0 (one-step estimate) or 1..8, got {sampler_steps}")
         self.conditioner = conditioner
         self.pixel_weight, self.dice_weight, self.volume_weight = float(pixel_weight), float(dice_weight), float(volume_weight)
-        self.sampler_steps, self.seed = int(sampler_steps), int(seed)
+        self.sampler_steps, self.seed, self.motion_weight = int(sampler_steps), int(seed), float(motion_weight)
         self.log_values: Dict[str, float] = {}
 
     def __call__(self, model: nn.Module, batch, device: torch.device) -> torch.Tensor:
@@ -310,7 +345,14 @@ class CodecDiTObjective:
             x_hat = xt + (1 - t.view(-1, 1, 1, 1)) * v
             weight = t
         loss = flow
-        pixel = ((x_hat - x).abs().flatten(1).mean(1) * weight).sum() / weight.sum().clamp_min(1e-6)
+        if self.motion_weight:
+            if getattr(batch, "motion", None) is None:
+                raise ValueError("a motion-weighted pixel loss needs the batch's motion maps (AcdcSample.motion)")
+            w = motion_weights(batch.motion.to(device), self.motion_weight).expand_as(x_hat).flatten(1)
+            per_sample = (w * (x_hat - x).abs().flatten(1)).sum(1) / w.sum(1)
+        else:
+            per_sample = (x_hat - x).abs().flatten(1).mean(1)
+        pixel = (per_sample * weight).sum() / weight.sum().clamp_min(1e-6)
         loss = loss + self.pixel_weight * pixel
         values = {"train/flow": float(flow.detach()), "train/pixel": float(pixel.detach())}
         labelled = batch.has_label.to(torch.bool)
