@@ -75,6 +75,10 @@ __all__ = [
     "realtest_kspace",
     "kspace_from_magnitude",
     "generate_realtest",
+    "TRAIN_SOURCES",
+    "train_runs",
+    "augment_magnitude",
+    "real_train_kspace",
 ]
 
 ANATOMIES = ("brain", "knee", "other")
@@ -300,6 +304,83 @@ def generate_realtest(out, seed: int = 0, progress: bool = True, preset: Realtes
         name = f"brain_test{index}.h5"
         written += write_challenge_pair(base / "kspace" / name, base / "image" / name, kspace, mask, undersample=True)
     return written
+
+
+# --------------------------------------------------------------------------------------------- training volumes
+
+TRAIN_SOURCES = {"example4d": 0.6, "tlrc": 0.4}  # brain sources of the training volumes and their odds
+
+
+def train_runs(name: str) -> List[Tuple[int, ...]]:
+    """Runs of consecutive training slices of source ``name`` (e.g. example4d: ``(0..7)`` and ``(23,)``)."""
+    runs: List[List[int]] = []
+    for i in source(name).train:
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return [tuple(r) for r in runs]
+
+
+def augment_magnitude(rng: np.random.Generator, magnitude: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Random shape, contrast and intensity augmentation of magnitudes ``(S, H, W)`` (slices at ``z``,
+    units of 192 px): one geometric warp for the whole slab (left-right flip with odds 1/2, rotation
+    +-15 deg, scale 0.85-1.15 with 0.93-1.07 anisotropy, shift +-12 px, a smooth elastic displacement
+    of about 3 px), a contrast curve (gamma 0.6-1.6 on the slab normalised to its 99.5th percentile)
+    and a smooth multiplicative bias field (+-15 %). Returns float32 ``(S, H, W)``, never negative; the
+    absolute scale is set later by :func:`data.simulate.acquire_kspace`."""
+    import scipy.ndimage as ndi
+
+    from data.phantoms import make_grid, smooth_field
+
+    S, H, W = magnitude.shape
+    grid = make_grid(z, H, W)
+    angle = np.deg2rad(rng.uniform(-15, 15))
+    scale = rng.uniform(0.85, 1.15) * np.array([rng.uniform(0.93, 1.07), 1.0])
+    flip = -1.0 if rng.random() < 0.5 else 1.0
+    shift = rng.uniform(-12, 12, size=2)
+    elastic = 3.0 * np.stack([smooth_field(rng, grid, 48.0, 0.3), smooth_field(rng, grid, 48.0, 0.3)])
+    rows = np.arange(H, dtype=np.float32)[:, None] - H / 2
+    cols = np.arange(W, dtype=np.float32)[None, :] - W / 2
+    cos, sin = np.cos(angle), np.sin(angle)  # output pixel -> input pixel (inverse map)
+    src_r = (cos * rows - sin * cols) / scale[0] + H / 2 + shift[0]
+    src_c = flip * (sin * rows + cos * cols) / scale[1] + W / 2 + shift[1]
+    coords = np.empty((3, S, H, W), np.float32)
+    coords[0] = np.arange(S, dtype=np.float32)[:, None, None]
+    coords[1] = src_r[None] + elastic[0]
+    coords[2] = src_c[None] + elastic[1]
+    warped = np.clip(ndi.map_coordinates(np.asarray(magnitude, np.float32), coords, order=3, mode="constant"), 0, None)
+    top = float(np.percentile(warped, 99.5)) or 1.0
+    contrast = np.clip(warped / top, 0, None) ** rng.uniform(0.6, 1.6)
+    bias = np.exp(0.15 * smooth_field(rng, grid, 160.0, 1.0))
+    return (contrast * bias).astype(np.float32)
+
+
+def real_train_kspace(rng: np.random.Generator, shape: Tuple[int, int], slices: int, coils: int,
+                      pixel_mm: float = REALTEST.pixel_mm):
+    """Fully sampled k-space ``(S, C, H, W)`` complex64 (torch) of one real-anatomy training volume.
+
+    A source is drawn from :data:`TRAIN_SOURCES`, then a run of up to ``slices`` consecutive slices from
+    its training split (never a held-out slice) and a time point; the slab is resampled to ``pixel_mm``
+    pixels on the ``shape = (H, W)`` k-space grid, augmented (:func:`augment_magnitude`) and acquired
+    like a phantom (:func:`kspace_from_magnitude`: smooth phase, head coil, scale, noise). ``S`` is
+    ``slices`` or the longest training run of the drawn source when that is shorter.
+    """
+    from data.phantoms import UNIT_PX
+
+    names = sorted(TRAIN_SOURCES)
+    odds = np.array([TRAIN_SOURCES[n] for n in names])
+    name = names[int(rng.choice(len(names), p=odds / odds.sum()))]
+    src = source(name)
+    run = max(train_runs(name), key=len)
+    count = min(int(slices), len(run))
+    start = int(rng.integers(0, len(run) - count + 1))
+    frame = int(rng.integers(0, src.stored_shape[3])) if len(src.stored_shape) == 4 else 0
+    real = load_slices(name, run[start:start + count], frame)
+    mag = to_grid(real.images, real.pixel_mm, pixel_mm, shape)
+    positions = np.asarray(real.indices, np.float32)
+    z = (positions - positions.mean()) * real.slice_mm / (UNIT_PX * pixel_mm)
+    return kspace_from_magnitude(rng, augment_magnitude(rng, mag, z), z, "brain", coils)
 
 
 # --------------------------------------------------------------------------------------------- routing cases

@@ -33,13 +33,22 @@ use the challenge's fixed mask (:func:`data.masks.make_mask`, ``"fixed"``) for t
 
 Presets (volumes counted per anatomy and per acceleration; total = 2 anatomies x 2 accelerations):
 
-=======  ===========  ===========  ======  =====  =============  ================  ================
-preset   train vols   leaderboard  slices  coils  brain H x W    knee H x W        knee zero cols
-=======  ===========  ===========  ======  =====  =============  ================  ================
-tiny     2            1            2       4      400 x 396      400 x {372, 396}  2-6 each side
-demo     4            2            4       4      768 x 396      640 x {372, 396}  4-12 each side
-full     100          29           16      16     768 x 396      640 x {372..396}  4-14 each side
-=======  ===========  ===========  ======  =====  =============  ================  ================
+=======  ===========  ==========  ===========  ======  =====  =============  ================  ================
+preset   train vols   + real      leaderboard  slices  coils  brain H x W    knee H x W        knee zero cols
+                      brain train
+=======  ===========  ==========  ===========  ======  =====  =============  ================  ================
+tiny     2            1           1            2       4      400 x 396      400 x {372, 396}  2-6 each side
+demo     4            2           2            4       4      768 x 396      640 x {372, 396}  4-12 each side
+full     100          12          29           16      16     768 x 396      640 x {372..396}  4-14 each side
+=======  ===========  ==========  ===========  ======  =====  =============  ================  ================
+
+``+ real brain train``: extra brain training volumes per acceleration (``brain_acc{4,8}_<n>.h5`` numbered
+after the phantoms) made from real brain slices of the training split of :mod:`data.real_anatomy`
+(never its held-out slices, which make the ``realtest`` leaderboard), augmented in shape, contrast and
+intensity (:func:`data.real_anatomy.augment_magnitude`) and acquired like the phantoms (smooth phase,
+head-coil maps, readout oversampling, scale, correlated noise): what is trained on them meets real
+anatomy, not only the phantoms. A slab holds at most the longest run of consecutive training slices of
+its source (example4d: 8), so the ``full`` preset's real volumes are shorter than its 16-slice phantoms.
 
 ``realtest`` is not a phantom preset: it writes only ``DIR/leaderboard/acc{4,8}`` (3 brain volumes of 4
 slices each per acceleration, 8 coils, 768 x 396) from real brain slices held out of all training
@@ -120,12 +129,13 @@ class Preset:
     knee_height: int
     knee_widths: Tuple[int, ...]  # one drawn per volume
     knee_zero_columns: Tuple[int, int]  # inclusive range of zero columns at each width edge
+    real_train_volumes: int = 0  # extra brain training volumes per acceleration from real anatomy
 
 
 PRESETS: Dict[str, Preset] = {
-    "tiny": Preset("tiny", 2, 1, 2, 4, (400, 396), 400, (372, 396), (2, 6)),
-    "demo": Preset("demo", 4, 2, 4, 4, (768, 396), 640, (372, 396), (4, 12)),
-    "full": Preset("full", 100, 29, 16, 16, (768, 396), 640, (372, 380, 388, 396), (4, 14)),
+    "tiny": Preset("tiny", 2, 1, 2, 4, (400, 396), 400, (372, 396), (2, 6), real_train_volumes=1),
+    "demo": Preset("demo", 4, 2, 4, 4, (768, 396), 640, (372, 396), (4, 12), real_train_volumes=2),
+    "full": Preset("full", 100, 29, 16, 16, (768, 396), 640, (372, 380, 388, 396), (4, 14), real_train_volumes=12),
 }
 
 
@@ -137,6 +147,7 @@ class VolumeSpec:
     anatomy: str
     acc: int
     index: int  # 1-based
+    real: bool = False  # a brain training volume from real anatomy (data.real_anatomy.real_train_kspace)
 
     @property
     def name(self) -> str:
@@ -163,6 +174,9 @@ def volume_specs(preset: Preset) -> List[VolumeSpec]:
         for acc in ACCELERATIONS:
             for anatomy in ANATOMIES:
                 specs += [VolumeSpec(split, anatomy, acc, i) for i in range(1, count + 1)]
+                if split == "train" and anatomy == "brain":  # real anatomy after the phantoms
+                    specs += [VolumeSpec(split, anatomy, acc, count + i, real=True)
+                              for i in range(1, preset.real_train_volumes + 1)]
     return specs
 
 
@@ -289,7 +303,12 @@ def acquire_kspace(rng: np.random.Generator, obj: torch.Tensor, z: np.ndarray, a
 def write_volume(root: Path, spec: VolumeSpec, preset: Preset, seed: int) -> Tuple[Path, Path]:
     """Simulate one volume and write its k-space and image files; returns their paths."""
     rng = volume_rng(seed, spec)
-    kspace = simulate_kspace(rng, spec.anatomy, preset)
+    if spec.real:
+        from data.real_anatomy import real_train_kspace
+
+        kspace = real_train_kspace(rng, preset.brain_shape, preset.slices, preset.coils)
+    else:
+        kspace = simulate_kspace(rng, spec.anatomy, preset)
     mask = make_mask("fixed", kspace.shape[-1], spec.acc, None)
     kpath, ipath = spec.paths(root)
     write_challenge_pair(kpath, ipath, kspace, mask, undersample=spec.split != "train")

@@ -97,7 +97,8 @@ def test_tree_layout_and_names(tree):
     assert "train/brain/kspace/brain_acc4_1.h5" in found
     assert "train/knee/image/knee_acc8_2.h5" in found
     assert "leaderboard/acc8/kspace/knee_test1.h5" in found
-    assert len(found) == 2 * 2 * 2 * (PRESET.train_volumes + PRESET.leaderboard_volumes)
+    assert len(found) == 2 * 2 * 2 * (PRESET.train_volumes + PRESET.leaderboard_volumes) + 2 * 2 * PRESET.real_train_volumes
+    assert f"train/brain/kspace/brain_acc8_{PRESET.train_volumes + 1}.h5" in found  # real anatomy after the phantoms
 
 
 def test_kspace_files_schema(tree):
@@ -309,3 +310,66 @@ def test_coil_maps_smooth_and_normalised():
     assert float((gram / gram.diagonal().sqrt()[:, None] / gram.diagonal().sqrt()[None]).fill_diagonal_(0).max()) < 0.99
     with pytest.raises(ValueError, match="axis"):
         CoilArray.sample(rng, 4, (1.0, 1.0), (0.0, 0.0, 0.0), axis="x")
+
+
+# --------------------------------------------------------------------------------------------- real anatomy
+
+
+def test_real_training_volumes_use_only_training_slices(monkeypatch):
+    """Every real training slab comes from a source's training split (never a held-out slice) as a run of
+    consecutive slices; sources and time points vary over volumes."""
+    from data import real_anatomy as ra
+
+    seen = []
+    load = ra.load_slices
+
+    def spy(name, slices=None, frame=0):
+        seen.append((name, tuple(slices), frame))
+        return load(name, slices, frame)
+
+    monkeypatch.setattr(ra, "load_slices", spy)
+    monkeypatch.setattr(ra, "kspace_from_magnitude", lambda rng, mag, z, anatomy, coils: (mag, z))
+    shapes = set()
+    for i in range(12):
+        mag, z = ra.real_train_kspace(np.random.default_rng(i), (200, 160), 4, 2, pixel_mm=1.6)
+        shapes.add(mag.shape)
+        assert mag.dtype == np.float32 and mag.min() >= 0 and np.isfinite(mag).all()
+        assert len(z) == mag.shape[0] and np.all(np.diff(z) > 0)
+    for name, slices, frame in seen:
+        src = ra.source(name)
+        assert set(slices) <= set(src.train) and not set(slices) & set(src.held_out), (name, slices)
+        assert list(slices) == list(range(slices[0], slices[0] + len(slices)))
+    assert {name for name, _, _ in seen} == set(ra.TRAIN_SOURCES)
+    assert {frame for name, _, frame in seen if name == "example4d"} == {0, 1}
+    assert shapes == {(4, 200, 160)}
+
+
+def test_real_augmentation_changes_shape_and_contrast_and_is_seeded():
+    from data import real_anatomy as ra
+
+    real = ra.load_slices("example4d", (2, 3), 0)
+    mag = ra.to_grid(real.images, real.pixel_mm, 1.6, (160, 160))
+    z = np.array([-0.01, 0.01], np.float32)
+    a = ra.augment_magnitude(np.random.default_rng(1), mag, z)
+    b = ra.augment_magnitude(np.random.default_rng(2), mag, z)
+    np.testing.assert_array_equal(a, ra.augment_magnitude(np.random.default_rng(1), mag, z))
+    assert a.shape == mag.shape and a.min() >= 0
+    support = lambda m: m > 0.1 * m.max()  # noqa: E731
+    assert (support(a) != support(b)).mean() > 0.02  # the head moved / changed shape
+    assert (support(a) != support(mag)).mean() > 0.02
+    corr = float(np.corrcoef(a.ravel(), mag.ravel())[0, 1])
+    assert 0.2 < corr < 0.98  # the same anatomy, not the same image
+
+
+def test_real_training_volume_in_tree_is_real_brain(tree):
+    """The tree's real-anatomy training volume: challenge scale and levels like the phantoms, brain
+    outline with air around it, and different from every phantom volume."""
+    name = f"brain_acc4_{PRESET.train_volumes + 1}.h5"
+    real = _read(tree / "train/brain/image" / name)["image_label"]
+    assert real.shape == (PRESET.slices, 384, 384) and 1e-4 <= float(real.max()) <= 2e-3
+    inside = real[real > THRESHOLD["brain"]]
+    assert sim.LABEL_MEDIAN["brain"][0] * 0.8 <= float(np.median(inside)) <= sim.LABEL_MEDIAN["brain"][1] * 1.2
+    assert (real[:, :8] > THRESHOLD["brain"]).mean() < 0.01 and (real[:, :, :8] > THRESHOLD["brain"]).mean() < 0.01
+    for i in range(1, PRESET.train_volumes + 1):
+        phantom = _read(tree / f"train/brain/image/brain_acc4_{i}.h5")["image_label"]
+        assert float(np.corrcoef(real[0].ravel(), phantom[0].ravel())[0, 1]) < 0.9
