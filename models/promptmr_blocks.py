@@ -219,6 +219,12 @@ class NormPromptUNet(nn.Module):
         super().__init__()
         self.unet = PromptUNet(2 * k_in, 2 * k_out, **unet_kwargs)
 
+    def zero_last_layer(self) -> None:
+        """Start the U-Net's output convolution at zero (the output is then the input's mean)."""
+        nn.init.zeros_(self.unet.tail.weight)
+        if self.unet.tail.bias is not None:
+            nn.init.zeros_(self.unet.tail.bias)
+
     @staticmethod
     def _stats(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         flat = x.reshape(x.shape[0], -1)

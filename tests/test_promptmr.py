@@ -208,3 +208,73 @@ def test_acs_columns_derived_symmetrically_or_given():
     assert torch.equal(given[1], derived[1])
     with pytest.raises(ValueError, match="centre"):
         acs_column_mask(torch.zeros(1, w, dtype=torch.bool))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# identity_init: the untrained model is the classical reconstruction
+# ----------------------------------------------------------------------------------------------------------
+def test_identity_init_presets():
+    """Off in the reference configuration and the cine presets (the shipped cine weights were trained without
+    it), on in the small SNU presets."""
+    assert not PromptMRConfig().identity_init
+    for preset in ("demo", "tiny"):
+        assert PromptMRConfig.from_dict({}, preset=preset).identity_init
+    for preset in ("pmr_plus", "challenge", "cine_demo", "cine_tiny", "cine_challenge"):
+        assert not PromptMRConfig.from_dict({}, preset=preset).identity_init, preset
+
+
+def test_identity_init_starts_from_acs_maps_and_data_consistency():
+    """Untrained with identity_init: every U-Net returns its input's mean (zero last convolution), the coil maps
+    are the ACS coil images (plus that constant) over their RSS, and the model's output is the output of the
+    same data-consistency steps with the networks removed."""
+    model = tiny_model(seed=3, identity_init=True).double()
+    kspace, mask = make_batch(1, 4, 20, 24, dtype=torch.complex128)
+    acs = acs_column_mask(mask != 0)
+    images = torch.from_numpy(_np_ifft2c((kspace * acs.view(1, 1, 1, 1, -1)).numpy()))
+    net_in = images.transpose(1, 2).reshape(4, 3, 20, 24)
+    with torch.no_grad():
+        out, _ = model.sens_net.net(net_in)
+        flat = torch.cat([net_in.real, net_in.imag], dim=1).reshape(4, -1).mean(dim=1)
+        torch.testing.assert_close(out, torch.complex(flat, flat).view(4, 1, 1, 1).expand_as(out))
+        maps = model.sens_net(kspace, acs)
+        expected = images + out.view(1, 4, 3, 20, 24).transpose(1, 2)
+        torch.testing.assert_close(maps, expected / expected.abs().square().sum(2, keepdim=True).sqrt())
+    untrained = model(kspace, mask)
+    for cascade in model.cascades:
+        cascade.net = _MeanNet()
+    with torch.no_grad():
+        torch.testing.assert_close(model(kspace, mask), untrained)
+
+
+class _MeanNet(nn.Module):
+    """The cascade U-Net with a zero last layer: the input's joint re/im mean, latent outputs likewise."""
+
+    def forward(self, image, history=None):
+        flat = torch.cat([image.real, image.imag], dim=1).reshape(image.shape[0], -1).mean(dim=1)
+        return torch.complex(flat, flat).view(-1, 1, 1, 1).expand_as(image), history
+
+
+def test_identity_init_is_not_below_zero_filled(tiny_data):
+    """On a simulated volume the untrained identity_init model scores at least the zero-filled input's SSIM
+    (the reference start scores well below it)."""
+    import h5py
+
+    from utils.leaderboard import leaderboard_foreground_mask
+    from utils.metrics import leaderboard_ssim
+
+    kfile = tiny_data / "leaderboard" / "acc4" / "kspace" / "brain_test1.h5"
+    with h5py.File(kfile) as f:
+        kspace, mask = torch.from_numpy(f["kspace"][()]), torch.from_numpy(f["mask"][()])
+    with h5py.File(tiny_data / "leaderboard" / "acc4" / "image" / "brain_test1.h5") as f:
+        label, zero_filled, peak = f["image_label"][()], f["image_input"][()], f.attrs["max"]
+    s = kspace.shape[0]
+    adjacent = torch.tensor([[min(max(i + d, 0), s - 1) for d in (-1, 0, 1)] for i in range(s)])
+    fg = leaderboard_foreground_mask(label, "brain")
+    scores = {}
+    for init in (True, False):
+        model = tiny_model(seed=0, identity_init=init).eval()
+        with torch.no_grad():
+            out = torch.cat([model(kspace[adjacent[i]][None], mask[None]) for i in range(s)]).numpy()
+        scores[init] = float(leaderboard_ssim(out, label, peak, fg).mean())
+    baseline = float(leaderboard_ssim(zero_filled, label, peak, fg).mean())
+    assert scores[True] >= baseline - 0.005 and scores[True] > scores[False] + 0.03, (scores, baseline)
