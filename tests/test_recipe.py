@@ -36,9 +36,9 @@ def test_three_step_recipe_chain(tmp_path, micro_data):
         ["epoch-1"], ["epoch-2"], ["epoch-3"]]
     s2 = load_model_states(ckpts / "step2" / "epoch-2")
     s3 = load_model_states(ckpts / "step3" / "epoch-3")
-    assert s2["args"]["aug_on"] and s2["args"]["aug_weight_fliph"] == 0.5 and s2["lr_schedule"]["max_lr"] == 2e-4
+    assert s2["args"]["aug_on"] and s2["args"]["aug_weight_fliph"] == 0.5 and s2["lr_schedule"]["max_lr"] == 7e-4
     assert s3["args"]["mask_type"] == "random_offset" and not s3["args"]["aug_on"]
-    assert s3["lr_schedule"] == {"max_lr": 1e-4, "min_lr": 0.0, "warmup_epochs": 0.0, "num_epochs": 3.0, "origin_epoch": 2.0}
+    assert s3["lr_schedule"] == {"max_lr": 3e-4, "min_lr": 0.0, "warmup_epochs": 0.0, "num_epochs": 3.0, "origin_epoch": 2.0}
     assert s3["model_config"] == s2["model_config"]  # tiny promptmr carried through the steps
 
 
