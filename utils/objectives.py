@@ -16,7 +16,8 @@
     each its own gradient and one optimizer step updates both (simultaneous updates; the released code
     alternates a critic step and a generator step). The logged loss is then the sum of both objectives.
 * :class:`ClassificationObjective` — classifiers on ``(images (B, S, H, W), labels (B,))``: cross-entropy.
-* TiTok-MRI codec on ACDC frames (``train.py --task acdc``): :class:`TokenizerObjective` (pixel + VQ loss),
+* TiTok-MRI codec on ACDC frames (``train.py --task acdc``): :class:`TokenizerObjective` (pixel + VQ loss; the
+  pixel loss optionally motion-weighted, :func:`motion_weighted_pixel_loss`, ``--motion_weight``),
   :class:`SegmentationObjective` (cross-entropy + Dice), :class:`CodecDiTObjective` (rectified flow + pixel
   + Dice of the decoded ED/ES frames' segmentation + cavity area preservation).
 """
