@@ -25,8 +25,9 @@
 #           decoded ED/ES frames + LV/RV area terms;
 #   step 3  the DiT fine-tuned through its few-step sampler (--sampler_steps), lower learning rate, then the
 #           three networks exported to CODEC_WEIGHTS (default $RESULT_ROOT/titok_weights) for scripts/codec.py.
-#   TITOK_MOTION_WEIGHT=A (default TMW of the preset row) weights the pixel losses of the tokenizer (step 1) and
-#   the DiT (steps 2-3) by 1 + A s / mean(s), s the temporal std of the frame's slice (train.py --motion_weight).
+#   TITOK_MOTION_WEIGHT=A (default TMW of the preset row) weights the tokenizer's pixel loss (step 1) by
+#   1 + A s / mean(s), s the temporal std of the frame's slice over its cine (train.py --motion_weight);
+#   TITOK_DIT_MOTION_WEIGHT (default DMW) does the same for the DiT's decoded-frame pixel term (steps 2-3).
 #   TITOK_SEGMENTER=<a titok_seg checkpoint folder> skips the segmenter's training in step 2 and uses it in
 #   steps 2 and 3 (it does not depend on K: train it once for the K = 32/64/128 codecs).
 #   Extra flags go to every train.py run of the step.
@@ -79,11 +80,11 @@ if [[ "${1:-}" == "titok" ]]; then
     step="$2"; shift 2
     # TE/SE/DE2/DE3: epochs of the tokenizer, segmenter, DiT step 2 and DiT step 3 (its last epoch); TB batch size;
     # TW warm-up epochs; TLR/SLR/DLR/DLR3 learning rates (TiTok: AdamW 1e-4, wd 1e-4; DiT: 1e-4, no weight decay); STEPS sampler steps;
-    # TMW the motion weight A of the tokenizer's and the DiT's pixel losses.
+    # TMW/DMW the motion weights A of the tokenizer's and the DiT's pixel losses.
     case "$PRESET" in
-        challenge) TP=paper SP=acdc2d    DP=paper TE=100 SE=50 DE2=100 DE3=120 TB=32 TW=1 TLR=1e-4 SLR=1e-3 DLR=1e-4 DLR3=2e-5 STEPS=4 TMW=0 ;;
-        demo)      TP=demo  SP=acdc_demo DP=demo  TE=30  SE=50 DE2=10  DE3=11  TB=16 TW=1 TLR=1e-3 SLR=2e-3 DLR=5e-4 DLR3=1e-4 STEPS=4 TMW=0 ;;
-        tiny)      TP=tiny  SP=acdc_tiny DP=tiny  TE=1   SE=1  DE2=1   DE3=2   TB=4  TW=0 TLR=1e-3 SLR=1e-3 DLR=1e-3 DLR3=1e-4 STEPS=2 TMW=0 ;;
+        challenge) TP=paper SP=acdc2d    DP=paper TE=100 SE=50 DE2=100 DE3=120 TB=32 TW=1 TLR=1e-4 SLR=1e-3 DLR=1e-4 DLR3=2e-5 STEPS=4 TMW=0 DMW=0 ;;
+        demo)      TP=demo  SP=acdc_demo DP=demo  TE=30  SE=50 DE2=10  DE3=11  TB=16 TW=1 TLR=1e-3 SLR=2e-3 DLR=5e-4 DLR3=1e-4 STEPS=4 TMW=0 DMW=0 ;;
+        tiny)      TP=tiny  SP=acdc_tiny DP=tiny  TE=1   SE=1  DE2=1   DE3=2   TB=4  TW=0 TLR=1e-3 SLR=1e-3 DLR=1e-3 DLR3=1e-4 STEPS=2 TMW=0 DMW=0 ;;
     esac
     tok_ckpt="$RESULT_ROOT/titok_tokenizer/checkpoints/step1/epoch-$TE"
     seg_ckpt="${TITOK_SEGMENTER:-$RESULT_ROOT/titok_seg/checkpoints/step2/epoch-$SE}"
@@ -91,6 +92,7 @@ if [[ "${1:-}" == "titok" ]]; then
     k_flags=()
     [[ -n "${TITOK_TOKENS:-}" ]] && k_flags=(--num_latent_tokens "$TITOK_TOKENS")
     motion=(--motion_weight "${TITOK_MOTION_WEIGHT:-$TMW}")
+    dit_motion=(--motion_weight "${TITOK_DIT_MOTION_WEIGHT:-$DMW}")
     acdc=(--task acdc --data_path_train "$DATA_ROOT/ACDC/training" "${common[@]}" --batch_size "$TB"
           --gradient_accumulation_steps 1 --gradient_clipping 1.0 --min_lr 0)
     case "$step" in
@@ -103,11 +105,11 @@ if [[ "${1:-}" == "titok" ]]; then
                    --max_lr "$SLR" --warmup_epochs "$TW" --num_epochs "$SE" "$@" || exit $?
            fi
            exec "${launch[@]}" --net_name titok_dit --step 2 --model titok_dit --preset "$DP" "${k_flags[@]}" \
-               --tokenizer "$tok_ckpt" --segmenter "$seg_ckpt" "${acdc[@]}" "${motion[@]}" --weight_decay 0 \
+               --tokenizer "$tok_ckpt" --segmenter "$seg_ckpt" "${acdc[@]}" "${dit_motion[@]}" --weight_decay 0 \
                --max_lr "$DLR" --warmup_epochs "$TW" --num_epochs "$DE2" "$@" ;;
         3) "${launch[@]}" --net_name titok_dit --step 3 --model titok_dit --restart_from_checkpoint "$dit_ckpt" \
                --continue_lr_scheduler false \
-               --tokenizer "$tok_ckpt" --segmenter "$seg_ckpt" "${acdc[@]}" "${motion[@]}" --weight_decay 0 --sampler_steps "$STEPS" \
+               --tokenizer "$tok_ckpt" --segmenter "$seg_ckpt" "${acdc[@]}" "${dit_motion[@]}" --weight_decay 0 --sampler_steps "$STEPS" \
                --max_lr "$DLR3" --warmup_epochs 0 --num_epochs "$DE3" --stop_epoch "$DE3" "$@" || exit $?
            weights="${CODEC_WEIGHTS:-$RESULT_ROOT/titok_weights}"
            for pair in "$tok_ckpt:titok" "$seg_ckpt:titok_seg" "$RESULT_ROOT/titok_dit/checkpoints/step3/epoch-$DE3:titok_dit"; do
