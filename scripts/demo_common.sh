@@ -16,13 +16,15 @@ case "${1:-}" in
 esac
 
 # simulate_once LABEL STAMP_NAME MODULE [extra flags]: run `python -m MODULE` into DATA_ROOT unless the stamp
-# says the same preset and seed are already there. The simulator's preset is SIM_PRESET (default DEMO_PRESET).
+# says the same preset and seed, made by the same data/ code (a hash of data/*.py: a changed simulator
+# regenerates), are already there. The simulator's preset is SIM_PRESET (default DEMO_PRESET).
 simulate_once() {
     local label="$1" stamp="$DATA_ROOT/$2" module="$3" preset="${SIM_PRESET:-$DEMO_PRESET}"; shift 3
-    if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$preset seed=$SEED" ]]; then
+    local want="$preset seed=$SEED data=$(cat "$REPO"/data/*.py | sha1sum | cut -c1-12)"
+    if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
         echo "== $label: $preset preset, seed $SEED -> $DATA_ROOT"
         "$PY" -m "$module" --out "$DATA_ROOT" --preset "$preset" --seed "$SEED" --no-progress "$@"
-        echo "$preset seed=$SEED" > "$stamp"
+        echo "$want" > "$stamp"
     else
         echo "== $label: $DATA_ROOT already holds the $preset data (seed $SEED)"
     fi
