@@ -3,7 +3,6 @@ reconstruct -> evaluate -> figures; with the shipped artifacts, also on the real
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,24 +28,10 @@ def test_demo_chain_tiny(tmp_path):
     assert 0 < scores["total"] <= 1 and 0 < zero_filled["total"] < 1
     assert len(list((tmp_path / "result" / "figures").glob("*.png"))) == 4
     # The demo's own tiny models (12 steps each, identity_init, the tiny recipe's rates) beat zero-filled at
-    # both accelerations (measured 0.854 / 0.846 vs 0.821 / 0.834 with seed 430); so do the shipped demo-preset
-    # weights on the same data, routed by the shipped classifier.
+    # both accelerations (measured 0.854 / 0.846 vs 0.821 / 0.834 with seed 430; 0.78-0.81 with the reference
+    # start and the earlier rates). The shipped weights on this data: test_demo_real_anatomy_leaderboard_tiny.
     for key in ("acc4", "acc8", "total"):
         assert scores[key] > zero_filled[key], (key, scores, zero_filled)
-    shipped = tmp_path / "shipped"
-    res = subprocess.run([sys.executable, "reconstruct.py", "--path_data", str(tmp_path / "Data" / "leaderboard"),
-                          "--result_path", str(shipped), "--weights", "artifacts", "--no_progress"], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    out = shipped / "test_reconstruct" / "reconstructions_leaderboard"
-    _assert_routing_right(json.loads((out / "routing.json").read_text()))
-    res = subprocess.run([sys.executable, "evaluate.py", "--path_leaderboard_data", str(tmp_path / "Data" / "leaderboard"),
-                          "--path_your_data", str(out), "--json", str(shipped / "scores.json"), "--no_progress"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    model = json.loads((shipped / "scores.json").read_text())
-    for key in ("acc4", "acc8", "total"):
-        assert model[key] > zero_filled[key] + 0.03, (key, model, zero_filled)
 
 
 def _assert_routing_right(routing):
@@ -95,6 +80,11 @@ def test_demo_real_anatomy_leaderboard_tiny(tmp_path):
         assert (record["status"], record["anatomy"], record["acceleration"], record["model"]) == (
             "ok", "brain", acc, f"brain_acc{acc}"), (name, record)
     assert "real anatomy routing: 6 of 6 volumes to brain" in res.stdout
+    # the synthetic tiny leaderboard: routed right by the shipped classifier, the shipped weights well ahead
+    _assert_routing_right(json.loads((result / files["model"] / "routing.json").read_text()))
+    synthetic = {name: json.loads((result / sub / "leaderboard_ssim.json").read_text()) for name, sub in files.items()}
+    for key in ("acc4", "acc8", "total"):
+        assert synthetic["model"][key] > synthetic["zero_filled"][key] + 0.03, (key, synthetic)
     for key in ("acc4", "acc8", "total"):
         assert scores["model"][key] > max(scores["zero_filled"][key], scores["grappa"][key]), (key, scores)
 
