@@ -71,6 +71,7 @@ __all__ = [
     "to_grid",
     "RealtestPreset",
     "REALTEST",
+    "REALTEST_PRESETS",
     "realtest_volumes",
     "realtest_kspace",
     "kspace_from_magnitude",
@@ -242,6 +243,9 @@ class RealtestPreset:
 
 
 REALTEST = RealtestPreset()
+# the presets `python -m data.simulate --preset NAME` writes: the leaderboard, and a 2-slice one (12 slices, not
+# 24) for the tiny demo that the tests run
+REALTEST_PRESETS = {"realtest": REALTEST, "realtest_tiny": RealtestPreset(slices=2)}
 ACCELERATIONS = (4, 8)
 
 

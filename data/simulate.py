@@ -1,6 +1,6 @@
 """Synthetic challenge data set: a complete ``Data/`` tree of brain- and knee-like multi-coil volumes.
 
-    python -m data.simulate --out DIR --preset {tiny,demo,full,realtest} --seed N
+    python -m data.simulate --out DIR --preset {tiny,demo,full,realtest,realtest_tiny} --seed N
 
 writes (DESIGN.md data contract)::
 
@@ -52,7 +52,8 @@ its source (example4d: 8), so the ``full`` preset's real volumes are shorter tha
 
 ``realtest`` is not a phantom preset: it writes only ``DIR/leaderboard/acc{4,8}`` (3 brain volumes of 4
 slices each per acceleration, 8 coils, 768 x 396) from real brain slices held out of all training
-(:mod:`data.real_anatomy`, which says where they come from); there is no real knee.
+(:mod:`data.real_anatomy`, which says where they come from); there is no real knee. ``realtest_tiny`` is the
+same with 2 held-out slices per volume (12 slices, not 24), for the tiny demo the tests run.
 
 ``tiny`` (tests) has no readout oversampling so that GRAPPA stays cheap; ``demo`` is small enough for a
 CPU demo to train on in minutes; ``full`` has the SNU 2025 challenge's counts (train 1..100 per anatomy
@@ -105,6 +106,7 @@ ANATOMIES = ("brain", "knee")
 ACCELERATIONS = (4, 8)
 SPLITS = ("train", "leaderboard")
 REALTEST = "realtest"  # the real-anatomy test leaderboard preset (data/real_anatomy.py)
+REALTEST_NAMES = (REALTEST, "realtest_tiny")  # its presets (data.real_anatomy.REALTEST_PRESETS): 4 or 2 slices
 _TAG = 0x5D47A  # separates these seeds from other uses of the same user seed
 
 # median of the noiseless RSS label over the object (2.4-5x / 3-6x the leaderboard foreground thresholds
@@ -317,12 +319,12 @@ def write_volume(root: Path, spec: VolumeSpec, preset: Preset, seed: int) -> Tup
 
 def generate_dataset(out, preset: str = "tiny", seed: int = 0, progress: bool = True) -> List[Path]:
     """Write the whole ``Data`` tree of ``preset`` under ``out``; returns the written files."""
-    if preset == REALTEST:  # the real-anatomy test leaderboard (data/real_anatomy.py): leaderboard only
-        from data.real_anatomy import generate_realtest
+    if preset in REALTEST_NAMES:  # the real-anatomy test leaderboard (data/real_anatomy.py): leaderboard only
+        from data.real_anatomy import REALTEST_PRESETS, generate_realtest
 
-        return generate_realtest(out, seed, progress)
+        return generate_realtest(out, seed, progress, REALTEST_PRESETS[preset])
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS) + [REALTEST]}")
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS) + list(REALTEST_NAMES)}")
     root, spec_list = Path(out), volume_specs(PRESETS[preset])
     written: List[Path] = []
     for spec in tqdm(spec_list, desc=f"simulate {preset}", unit="vol", disable=not progress, file=sys.stderr):
@@ -333,9 +335,10 @@ def generate_dataset(out, preset: str = "tiny", seed: int = 0, progress: bool = 
 def _main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data.simulate", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="Data root to create (gets train/ and leaderboard/)")
-    parser.add_argument("--preset", choices=sorted(PRESETS) + [REALTEST], default="tiny",
+    parser.add_argument("--preset", choices=sorted(PRESETS) + list(REALTEST_NAMES), default="tiny",
                         help=f"{REALTEST}: the real-anatomy test leaderboard (held-out real brain slices, "
-                             "leaderboard only; data/real_anatomy.py)")
+                             "leaderboard only; data/real_anatomy.py); realtest_tiny: the same with 2 slices "
+                             "per volume (the tiny demo)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")

@@ -68,6 +68,8 @@ def test_catalogue_split_and_orientation():
     held = ra.source("example4d").held_out
     used = [i for _, _, idx, _ in ra.realtest_volumes() for i in idx]
     assert set(used) <= set(held) and len(used) == len(set(used)) * 2  # same slabs at acc 4 and acc 8
+    tiny = ra.realtest_volumes(ra.REALTEST_PRESETS["realtest_tiny"])  # the tiny demo's: 3 x 2 held-out slices
+    assert [len(idx) for _, _, idx, _ in tiny] == [2] * 6 and {i for _, _, idx, _ in tiny for i in idx} <= set(held)
     s = ra.load_slices("example4d", (12,), 0)
     assert s.images.dtype == np.float32 and s.images.shape == (1, 96, 128) and s.images.min() >= 0
     rows = s.images[0].sum(1)
