@@ -15,9 +15,10 @@
 # Honours DATA_ROOT and RESULT_ROOT (defaults: demo/Data and demo/result inside the checkout, so the demo
 # never writes into a real ../Data). SEED (default 430) selects the synthetic data set; DEMO_PRESET=tiny
 # runs the same chain on the tiny data set and models in a few minutes (used by the tests).
-# The real-anatomy leaderboard (python -m data.simulate --preset realtest, same SEED) goes to REALTEST_ROOT
-# (default RealData beside DATA_ROOT; never inside it), its results to $RESULT_ROOT/realtest; DEMO_REALTEST=0
-# skips it. Trained checkpoints reach it exported to $RESULT_ROOT/demo_artifacts (the same weights).
+# The real-anatomy leaderboard (python -m data.simulate --preset realtest, same SEED; realtest_tiny with
+# DEMO_PRESET=tiny) goes to REALTEST_ROOT (default RealData beside DATA_ROOT; never inside it), its results
+# to $RESULT_ROOT/realtest; DEMO_REALTEST=0 skips it. Trained checkpoints reach it exported to
+# $RESULT_ROOT/demo_artifacts (the same weights).
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ "${1:-}" == --cine ]]; then
     shift
@@ -45,7 +46,8 @@ boards=(synthetic)
 simulate_once simulate .simulated data.simulate
 "$PY" -m data.formats check "$DATA_ROOT"
 if [[ "$DEMO_REALTEST" == 1 ]]; then  # simulate_once into REALTEST_ROOT with the realtest preset, same SEED
-    DATA_ROOT="$REALTEST_ROOT" SIM_PRESET=realtest simulate_once "real-anatomy leaderboard" .simulated data.simulate
+    realtest_preset=realtest; [[ "$DEMO_PRESET" == tiny ]] && realtest_preset=realtest_tiny  # 2 slices per volume
+    DATA_ROOT="$REALTEST_ROOT" SIM_PRESET=$realtest_preset simulate_once "real-anatomy leaderboard" .simulated data.simulate
     "$PY" -m data.formats check "$REALTEST_ROOT"
 fi
 

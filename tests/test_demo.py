@@ -5,6 +5,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import h5py
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +60,8 @@ def test_demo_real_anatomy_leaderboard_tiny(tmp_path):
     assert sorted(p.relative_to(real_data).as_posix() for p in real_data.glob("*/*/*/*.h5")) == sorted(
         f"leaderboard/acc{a}/{kind}/brain_test{i}.h5" for a in (4, 8) for kind in ("kspace", "image") for i in (1, 2, 3))
     assert not (tmp_path / "Data" / "RealData").exists()
+    with h5py.File(real_data / "leaderboard/acc8/kspace/brain_test3.h5", "r") as f:  # realtest_tiny: 2 slices
+        assert f["kspace"].shape[:2] == (2, 8) and f["kspace"].shape[-2] == 768
 
     lines = res.stdout[res.stdout.index("== demo leaderboard SSIM"):].splitlines()
     assert "synthetic" in lines[0] and "real anatomy (brain only)" in lines[0], lines[0]
