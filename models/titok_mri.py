@@ -63,6 +63,17 @@ def segmenter_features(segmenter: nn.Module, x: torch.Tensor) -> Tuple[torch.Ten
     return logits, captured["features"][..., :h, :w]
 
 
+@torch.no_grad()
+def segment_labels(segmenter: nn.Module, frames: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Label maps ``(…, H, W)`` int64 (argmax over the classes) of a 2-D segmenter on frames ``(…, C, H, W)``
+    (their magnitude), in chunks of ``batch_size``, on the segmenter's device; returned on the CPU."""
+    lead = frames.shape[:-3]
+    device = next(segmenter.parameters()).device
+    flat = magnitude(frames.reshape(-1, *frames.shape[-3:])).to(device)
+    out = [segmenter(flat[i:i + batch_size]).argmax(dim=1).cpu() for i in range(0, flat.shape[0], batch_size)]
+    return torch.cat(out).reshape(*lead, *frames.shape[-2:])
+
+
 def _segmenter_channels(segmenter: nn.Module, in_channels: int) -> Tuple[int, int]:
     """``(input channels, feature channels)`` of a segmenter, by a dry run in evaluation mode."""
     was_training = segmenter.training
@@ -184,15 +195,11 @@ class TiTokMRI(nn.Module):
         out = [self.tokenizer.decode_ids(flat[i:i + batch_size]) for i in range(0, flat.shape[0], batch_size)]
         return torch.cat(out).reshape(*lead, self.tokenizer.config.in_channels, *self.image_size)
 
-    @torch.no_grad()
     def segment(self, frames: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        """Label maps ``(…, H, W)`` int64 (argmax of the segmenter) of frames ``(…, C, H, W)`` (their magnitude)."""
+        """Label maps ``(…, H, W)`` int64 of frames ``(…, C, H, W)`` by the codec's segmenter (:func:`segment_labels`)."""
         if self.segmenter is None:
             raise ValueError("TiTokMRI: no segmentation network")
-        lead = frames.shape[:-3]
-        flat = magnitude(frames.reshape(-1, *frames.shape[-3:])).to(self._device())
-        out = [self.segmenter(flat[i:i + batch_size]).argmax(dim=1).cpu() for i in range(0, flat.shape[0], batch_size)]
-        return torch.cat(out).reshape(*lead, *frames.shape[-2:])
+        return segment_labels(self.segmenter, frames, batch_size)
 
     @torch.no_grad()
     def decode_cycles(self, ids: torch.Tensor, ed: int, es: int, steps: Optional[int] = None,

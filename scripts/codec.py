@@ -4,6 +4,7 @@
     python scripts/codec.py decode   --tokens TOKENS.npz --weights artifacts/titok/k64 --out DIR [--steps N]
     python scripts/codec.py evaluate --tokens TOKENS.npz --data <the encoded folder> --weights artifacts/titok/k64 [--json]
                                      [--json_out FILE] [--figures DIR] [--standard jpeg2000|jpeg [--standard_out DIR]]
+                                     [--scorer SEGMENTER]
 
 ``encode`` writes one token file (data/codec_io.py: uint16 ids, shapes, K, the scales, ED/ES, the
 tokenizer weights' SHA-256) for every ACDC patient and CMRxRecon FullSample file under ``--data``.
@@ -19,6 +20,11 @@ ejection-fraction errors, and the decoding milliseconds per frame; ``--json`` pr
 ``--json_out FILE`` writes it (atomically). ``--figures DIR`` draws ``DIR/codec_strip_<method>_k<K>.png``:
 the ED and ES frames of the middle slice of the first labelled item, original | decoded | |error|, with
 the segmenter's RV/myocardium/LV contours on the original and the decoded frames.
+
+``evaluate --scorer SEG`` scores Dice, volumes and EF with another segmenter (an ``nnmamba_seg`` artifact or
+checkpoint tag for the same frame size) instead of the codec's own: the codec's segmenter also guides its DiT
+decoder (and its training), so a segmenter trained apart (another seed) checks that the structures survive
+for a reader the decoder was not tuned to.
 
 ``evaluate --standard jpeg2000|jpeg`` scores a standard image codec at the same rate instead of the tokens:
 each original frame of the token file's items is coded by Pillow (data/standard_codecs.py: 8-bit frames
@@ -68,7 +74,7 @@ from data.codec_io import (TokenFile, TokenFileError, TokenItem, find_subjects, 
 from data.formats import FormatError  # noqa: E402
 from data.standard_codecs import BIT_DEPTH, STANDARDS, decode_frames, dequantise, encode_frames, quantise  # noqa: E402
 from data.standard_codecs import SUFFIX as STANDARD_SUFFIX  # noqa: E402
-from models.titok_mri import TiTokMRI, load_codec  # noqa: E402
+from models.titok_mri import TiTokMRI, load_codec, segment_labels  # noqa: E402
 from utils.io import OutputError, atomic_path, prepare_output_dir, prepare_output_file  # noqa: E402
 from utils.metrics import dice_scores, psnr, ssim_map  # noqa: E402
 
@@ -222,10 +228,10 @@ def frame_ssim(decoded: np.ndarray, original: np.ndarray, data_range: float) -> 
     return ssim_map(x, y, data_range).mean(dim=(-2, -1)).numpy().reshape(lead)
 
 
-def segment_frames(codec: TiTokMRI, frames: np.ndarray, scale: float, image_size) -> np.ndarray:
-    """Label maps ``(Z, h, w)`` uint8 of one phase's frames ``(Z, h, w)`` (original intensities)."""
+def segment_frames(segmenter: torch.nn.Module, frames: np.ndarray, scale: float, image_size) -> np.ndarray:
+    """Label maps ``(Z, h, w)`` uint8 by ``segmenter`` of one phase's frames ``(Z, h, w)`` (original intensities)."""
     placed, place = place_frames(torch.from_numpy(frames / scale).float(), image_size)
-    labels = codec.segment(placed.unsqueeze(1))  # (Z, H, W)
+    labels = segment_labels(segmenter, placed.unsqueeze(1))  # (Z, H, W)
     return unplace_frames(labels, place, labels=True).numpy().astype(np.uint8)
 
 
@@ -257,12 +263,13 @@ def token_bytes_per_frame(tokens: TokenFile, item: TokenItem) -> float:
     return token_payload_bytes(tokens) + SIDE_BYTES / item.num_frames
 
 
-def score_frames(codec: TiTokMRI, image_size, item: TokenItem, subject, decoded: np.ndarray, ms: float,
+def score_frames(scorer: Optional[torch.nn.Module], image_size, item: TokenItem, subject, decoded: np.ndarray, ms: float,
                  bytes_per_frame: float, keep: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The report row of one item's ``decoded`` frames ``(T, Z, h, w)`` (original intensities) against the
     subject's: PSNR/SSIM per frame (data range: the item's maximum), and for labelled ACDC frames with a
     segmenter the Dice per structure of the decoded and the original ED/ES frames' segmentations against
-    the labels, LV/RV volumes and EF; ``ms`` the decoding milliseconds per frame. The same code path for
+    the labels, LV/RV volumes and EF (``scorer``: the segmenter, None for no segmentation scores); ``ms``
+    the decoding milliseconds per frame. The same code path for
     the token decode and the standard codecs. ``keep`` (a dict) receives the decoded frames and both
     segmentations (``decoded``, ``seg_decoded``, ``seg_original``: ED then ES, ``(Z, h, w)`` each) of a
     labelled item, for the figures."""
@@ -277,9 +284,9 @@ def score_frames(codec: TiTokMRI, image_size, item: TokenItem, subject, decoded:
     }
     row["compression_ratio"] = item.shape[2] * item.shape[3] * 2 / row["bytes_per_frame"]
     phases = (item.ed, item.es)
-    if codec.segmenter is not None and all(p in subject.labels for p in phases):
-        seg_dec = [segment_frames(codec, decoded[p], item.scale, image_size) for p in phases]
-        seg_orig = [segment_frames(codec, original[p], item.scale, image_size) for p in phases]
+    if scorer is not None and all(p in subject.labels for p in phases):
+        seg_dec = [segment_frames(scorer, decoded[p], item.scale, image_size) for p in phases]
+        seg_orig = [segment_frames(scorer, original[p], item.scale, image_size) for p in phases]
         truth = [subject.labels[p] for p in phases]
         dice_dec = np.nanmean([dice_scores(s, t) for s, t in zip(seg_dec, truth)], axis=0)
         dice_orig = np.nanmean([dice_scores(s, t) for s, t in zip(seg_orig, truth)], axis=0)
@@ -300,7 +307,8 @@ def evaluate_item(codec: TiTokMRI, tokens: TokenFile, item: TokenItem, subject, 
     start = time.perf_counter()
     decoded = decode_item(codec, tokens, item, args.steps, args.seed, args.batch_size)
     ms = 1000 * (time.perf_counter() - start) / item.num_frames
-    return score_frames(codec, tokens.image_size, item, subject, decoded, ms, token_bytes_per_frame(tokens, item), keep)
+    return score_frames(args.scorer_net, tokens.image_size, item, subject, decoded, ms, token_bytes_per_frame(tokens, item),
+                        keep)
 
 
 def standard_item(codec: TiTokMRI, tokens: TokenFile, item: TokenItem, subject, args,
@@ -328,7 +336,7 @@ def standard_item(codec: TiTokMRI, tokens: TokenFile, item: TokenItem, subject, 
     ms = 1000 * (time.perf_counter() - start) / item.num_frames
     sizes = coded.sizes
     achieved = float(sizes.mean()) + SIDE_BYTES / item.num_frames
-    row = score_frames(codec, tokens.image_size, item, subject, decoded, ms, achieved, keep)
+    row = score_frames(args.scorer_net, tokens.image_size, item, subject, decoded, ms, achieved, keep)
     row.update({"method": args.standard, "bit_depth": BIT_DEPTH, "budget_bytes_per_frame": budget,
                 "stream_cap_bytes": cap, "stream_bytes_min": int(sizes.min()), "stream_bytes_max": int(sizes.max()),
                 "over_budget": bool(coded.over_budget.any()), "over_budget_frames": int(coded.over_budget.sum()),
@@ -393,12 +401,34 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def load_scorer(path, codec: TiTokMRI) -> torch.nn.Module:
+    """The independent segmenter of ``evaluate --scorer``: an ``nnmamba_seg`` artifact (.safetensors) or
+    checkpoint tag (``.../epoch-N``) for the codec's frame size, on the codec's device, in eval mode."""
+    from models.artifacts import load_artifact, load_checkpoint_model
+    from utils.artifacts import ArtifactError
+
+    path = Path(path)
+    if not path.exists():
+        raise CodecError(f"{path}: --scorer: segmenter weights not found")
+    try:
+        net, info = (load_checkpoint_model if path.is_dir() else load_artifact)(path)
+    except (ArtifactError, ValueError, OSError) as exc:
+        raise CodecError(f"{path}: --scorer: {exc}") from None
+    if info.model_name != "nnmamba_seg":
+        raise CodecError(f"{path}: --scorer: holds {info.model_name!r}, expected a segmenter ('nnmamba_seg')")
+    config = getattr(net, "config", None)
+    if getattr(config, "spatial_dims", 2) != 2 or getattr(config, "num_classes", 4) != 4:
+        raise CodecError(f"{path}: --scorer: not a 2-D segmenter of the 4 ACDC classes")
+    return net.to(next(codec.tokenizer.parameters()).device).eval()
+
+
 def cmd_evaluate(args) -> int:
     for path, prepare in ((args.json_out, prepare_output_file), (args.figures, prepare_output_dir),
                           (args.standard_out, prepare_output_dir)):
         if path:
             prepare(path)  # fail before any work
     tokens, codec = _load_for_tokens(args)
+    args.scorer_net = load_scorer(args.scorer, codec) if args.scorer else codec.segmenter
     subjects = {name: (kind, path) for name, kind, path in find_subjects(args.data)}
     method = args.standard or "titok"
     score_item = standard_item if args.standard else evaluate_item
@@ -435,6 +465,7 @@ def cmd_evaluate(args) -> int:
             "over_budget_frames": sum(r["over_budget_frames"] for r in rows),
             "encode_ms_per_frame": sum(r["encode_ms_per_frame"] * r["frames"] for r in rows) / frames})
     report = {"tokens": str(args.tokens), "weights": str(args.weights), "steps": args.steps, "method": method,
+              "scorer": str(args.scorer) if args.scorer else "the codec's segmenter",
               "summary": summary, "items": rows}
     if args.figures:
         if figure:
@@ -529,6 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="decode in memory and compare with the original frames")
     ev.add_argument("--data", required=True, help="the folder that was encoded")
     ev.add_argument("--json", action="store_true", help="print the report as JSON")
+    ev.add_argument("--scorer", default=None, help="score Dice and EF with this segmenter (nnmamba_seg .safetensors or "
+                    "checkpoint tag) instead of the codec's own, e.g. one trained with another seed: the codec's "
+                    "segmenter guides its decoder, an independent one checks the structures survive for any reader")
     ev.add_argument("--json_out", default=None, help="also write the JSON report to this file")
     ev.add_argument("--standard", default=None, metavar="|".join(STANDARDS),
                     help="score a standard codec (Pillow) on the original frames at the tokens' bytes per frame "

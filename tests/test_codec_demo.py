@@ -18,6 +18,7 @@ from PIL import Image
 
 from data import standard_codecs as sc
 from data.codec_io import find_subjects, read_subject, read_token_file
+from models.artifacts import load_artifact
 from utils.metrics import dice_scores, psnr, ssim_map
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,7 +158,7 @@ def test_evaluate_standard_equals_the_metrics_of_the_round_trip(acdc, wide_weigh
     assert row["ssim"] == pytest.approx(float(ssim.mean()), rel=1e-6)
     codec, _ = CLI.load_codec(wide_weights)
     phases = (item.ed, item.es)
-    seg = [CLI.segment_frames(codec, decoded[p], item.scale, tokens.image_size) for p in phases]
+    seg = [CLI.segment_frames(codec.segmenter, decoded[p], item.scale, tokens.image_size) for p in phases]
     dice = np.nanmean([dice_scores(s, subject.labels[p]) for s, p in zip(seg, phases)], axis=0)
     same = lambda got, want: (got is None and np.isnan(want)) or got == pytest.approx(float(want))  # noqa: E731 (JSON: NaN -> null)
     assert all(same(row[f"dice_{key}"], dice[i]) for i, key in enumerate(("rv", "myo", "lv")))
@@ -203,6 +204,47 @@ def test_evaluate_standard_bad_inputs(acdc, codec_weights, tmp_path, capsys):
     _one_error(*_run(capsys, CLI.main, base + ["--weights", str(codec_weights), "--standard_out", str(tmp_path / "s")])[::2],
                "--standard_out needs --standard", status=2)
     assert not (tmp_path / "s").exists()
+
+
+# ------------------------------------------------------------------------------------------ evaluate --scorer
+
+
+def test_evaluate_scorer_is_an_independent_segmenter(acdc, codec_weights, codec_weights_builder, tmp_path, capsys):
+    """--scorer: Dice/EF come from the given segmenter, on the same decoded frames (decoding still uses the
+    codec's own segmenter features); bad scorers are one clear error."""
+    root, subject = acdc
+    tokens_path = _encode(capsys, root, codec_weights, tmp_path / "tokens.npz")
+    other = codec_weights_builder(tmp_path / "other", seed=1) / "titok_seg.safetensors"
+    base = ["evaluate", "--tokens", str(tokens_path), "--data", str(root), "--weights", str(codec_weights), "--json"]
+    reports = {}
+    for name, extra in (("own", []), ("other", ["--scorer", str(other)])):
+        code, out, err = _run(capsys, CLI.main, base + extra)
+        assert code == 0, err
+        reports[name] = json.loads(out)
+    own, indep = reports["own"]["items"][0], reports["other"]["items"][0]
+    assert reports["other"]["scorer"] == str(other) and reports["own"]["scorer"] == "the codec's segmenter"
+    assert indep["psnr"] == own["psnr"] and indep["ssim"] == own["ssim"]  # the same decoded frames
+    # the Dice of the decoded frames is the independent segmenter's, by hand
+    codec, _ = CLI.load_codec(codec_weights)
+    tokens = read_token_file(tokens_path)
+    item = tokens.items[0]
+    decoded = CLI.decode_item(codec, tokens, item, None, None, 64)
+    scorer, _ = load_artifact(other)
+    phases = (item.ed, item.es)
+    same = lambda got, want: (got is None and np.isnan(want)) or got == pytest.approx(float(want))  # noqa: E731
+    for net, row in ((scorer, indep), (codec.segmenter, own)):
+        seg = [CLI.segment_frames(net, decoded[p], item.scale, tokens.image_size) for p in phases]
+        dice = np.nanmean([dice_scores(s, subject.labels[p]) for s, p in zip(seg, phases)], axis=0)
+        assert all(same(row[f"dice_{key}"], dice[i]) for i, key in enumerate(("rv", "myo", "lv")))
+    keys = [k for k in own if k.startswith(("dice_", "lv_", "rv_"))]
+    assert any(own[k] != indep[k] for k in keys)  # the two segmenters disagree somewhere: the flag took effect
+    # bad scorers
+    base = base[:-1]
+    _one_error(*_run(capsys, CLI.main, base + ["--scorer", str(tmp_path / "none.safetensors")])[::2], "segmenter weights not found")
+    _one_error(*_run(capsys, CLI.main, base + ["--scorer", str(codec_weights / "titok.safetensors")])[::2],
+               "holds 'titok', expected a segmenter")
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    _one_error(*_run(capsys, CLI.main, base + ["--scorer", str(tmp_path / "bad.safetensors")])[::2], "bad.safetensors")
 
 
 # ------------------------------------------------------------------------------------------ report
